@@ -1,0 +1,33 @@
+"""modelsync: small neural-network models whose Params live on the host (NumPy), a GPU (CuPy)
+or a simulated device, and cross between them as a copy, a move or a wrapper."""
+
+from . import layers, losses
+from .devices import Device, available_devices, device
+from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    CoherenceError,
+    DeviceError,
+    DeviceMismatchError,
+    GraphMismatchError,
+    LoadError,
+    ModelSyncError,
+    MovedError,
+    SaveError,
+    TransferError,
+)
+from .layers.base import layer
+from .params import Param
+from .train import backprop, train
+from .transfers import TransferLedger, track_transfers, transfer_guard
+from .tree import graph_id, named_params, params
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArgumentError", "ArgumentTypeError", "CoherenceError", "Device", "DeviceError",
+    "DeviceMismatchError", "GraphMismatchError", "LoadError", "ModelSyncError", "MovedError",
+    "Param", "SaveError", "TransferError", "TransferLedger", "available_devices", "backprop",
+    "device", "graph_id", "layer", "layers", "losses", "named_params", "params",
+    "track_transfers", "train", "transfer_guard",
+]

@@ -1,0 +1,190 @@
+"""Devices: where arrays live, and the array namespace that computes there.
+
+Three kinds: ``host`` (NumPy), ``sim`` (array_api_strict's extra devices, a simulated
+accelerator whose arrays refuse to mix with NumPy's as CuPy's do) and ``cuda`` (CuPy).
+Copying *between* devices is not done here: that is `modelsync.transfers`' one job.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+import attrs
+import numpy as np
+
+from .errors import ArgumentTypeError, DeviceError
+
+SIM_DEVICE_COUNT = 2
+_SPEC_RE = re.compile(r"^(host|cpu|sim|cuda)(?::(\d+))?$")
+
+
+@attrs.frozen(repr=False, order=False)
+class Device:
+    """An immutable, hashable device handle that prints as its spec ("cuda:0", "sim:1", "host")."""
+
+    kind: str
+    index: int
+
+    def __str__(self) -> str:
+        return "host" if self.kind == "host" else f"{self.kind}:{self.index}"
+
+    def __repr__(self) -> str:
+        return f"Device({str(self)!r})"
+
+    @property
+    def xp(self) -> Any:
+        """The array namespace that computes on this device."""
+        return _namespace(self.kind)
+
+    @property
+    def native(self) -> Any:
+        """The backend's own device object (array_api_strict.Device, cupy.cuda.Device)."""
+        if self.kind == "sim":
+            return _strict_devices()[self.index]
+        if self.kind == "cuda":
+            return _cupy().cuda.Device(self.index)
+        return "cpu"
+
+
+HOST = Device("host", 0)
+
+
+@functools.cache
+def _namespace(kind: str) -> Any:
+    if kind == "host":
+        return np
+    if kind == "sim":
+        import array_api_strict
+
+        return array_api_strict
+    return _cupy()
+
+
+@functools.cache
+def _strict_devices() -> dict[int, Any]:
+    import array_api_strict
+
+    names = {"device1": 1, "device2": 2}
+    return {names[d.name]: d for d in array_api_strict.__array_namespace_info__().devices()
+            if getattr(d, "name", None) in names}
+
+
+def _cupy() -> Any:
+    import cupy
+
+    return cupy
+
+
+@functools.cache
+def cuda_status() -> tuple[int, str]:
+    """How many CUDA devices CuPy can use here, and if none, why (for error messages)."""
+    try:
+        import cupy
+    except ImportError:
+        return 0, "CuPy is not installed (pip install 'modelsync[cuda12]' or '[cuda13]')"
+    except Exception as exc:  # a broken CuPy install: say what it said
+        return 0, f"CuPy failed to import: {exc}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return 0, f"CuPy is installed but no CUDA driver or GPU is usable: {exc}"
+    if count == 0:
+        return 0, "CuPy is installed but no GPU is present"
+    return count, ""
+
+
+def available_devices() -> list[Device]:
+    """Every device usable on this machine: host, the simulated ones, then each GPU."""
+    found = [HOST] + [Device("sim", i) for i in range(1, SIM_DEVICE_COUNT + 1)]
+    count, _ = cuda_status()
+    return found + [Device("cuda", i) for i in range(count)]
+
+
+def device(spec: str | Device = "auto") -> Device:
+    """Parse a device spec ("host", "cpu", "sim:1", "cuda:0", "auto") into a usable Device.
+
+    Raises DeviceError saying why a spec cannot be used, with the devices that can.
+    """
+    if isinstance(spec, Device):
+        return spec
+    if not isinstance(spec, str):
+        raise ArgumentTypeError(
+            f"device={spec!r} is a {type(spec).__name__}; expected a Device or a spec string "
+            f"such as 'host', 'sim:1' or 'cuda:0'")
+    text = spec.strip().lower()
+    if text == "auto":
+        return Device("cuda", 0) if cuda_status()[0] > 0 else Device("sim", 1)
+    match = _SPEC_RE.match(text)
+    if match is None:
+        raise DeviceError(
+            f"device={spec!r} is not a device spec; expected 'host' (or 'cpu'), 'sim:N', "
+            f"'cuda:N' or 'auto'. Available: {_listing()}")
+    kind, index_text = match.groups()
+    if kind in ("host", "cpu"):
+        if index_text not in (None, "0"):
+            raise DeviceError(f"device={spec!r}: the host has only index 0. Available: {_listing()}")
+        return HOST
+    index = int(index_text) if index_text is not None else (1 if kind == "sim" else 0)
+    if kind == "sim":
+        if not 1 <= index <= SIM_DEVICE_COUNT:
+            raise DeviceError(
+                f"device={spec!r}: simulated devices are sim:1 and sim:2, not index {index}. "
+                f"Available: {_listing()}")
+        return Device("sim", index)
+    count, why = cuda_status()
+    if count == 0:
+        raise DeviceError(f"device={spec!r} is not usable: {why}. Available: {_listing()}")
+    if index >= count:
+        raise DeviceError(
+            f"device={spec!r}: index {index} is out of range, this machine has {count} GPU(s). "
+            f"Available: {_listing()}")
+    return Device("cuda", index)
+
+
+def _listing() -> str:
+    return ", ".join(str(d) for d in available_devices())
+
+
+def device_of(array: Any) -> Device:
+    """The Device an array lives on; TypeError for anything that is not a supported array."""
+    if isinstance(array, np.ndarray):
+        return HOST
+    module = type(array).__module__
+    if module.startswith("array_api_strict"):
+        name = getattr(array.device, "name", "")
+        for index, dev in _strict_devices().items():
+            if dev.name == name:
+                return Device("sim", index)
+        raise ArgumentTypeError(
+            f"an array_api_strict array on {array.device} is not on a simulated device; "
+            "use ms.to_device(numpy_array, 'sim:1') to make sim arrays")
+    if module.startswith("cupy"):
+        return Device("cuda", int(array.device.id))
+    raise ArgumentTypeError(
+        f"expected an array (numpy.ndarray, cupy.ndarray or a sim array), got {type(array).__name__}")
+
+
+def is_array(value: Any) -> bool:
+    """True for arrays of any supported device."""
+    if isinstance(value, np.ndarray):
+        return True
+    module = type(value).__module__
+    return module.startswith(("array_api_strict", "cupy")) and hasattr(value, "shape")
+
+
+def dtype_name(dtype: Any) -> str:
+    """A dtype's canonical short name ("float32"), whatever backend it came from."""
+    text = str(dtype)
+    return text.rsplit(".", 1)[-1]
+
+
+def dtype_on(dev: Device, name: str) -> Any:
+    """The dtype object called ``name`` in ``dev``'s namespace."""
+    xp = dev.xp
+    try:
+        return getattr(xp, name)
+    except AttributeError:
+        raise ArgumentTypeError(f"dtype={name!r} is not a dtype on {dev}") from None
+

@@ -1,0 +1,147 @@
+"""Activations, as functions on arrays and as parameter-free layers.
+
+``gelu`` is the tanh approximation (PyTorch's ``gelu(approximate="tanh")``): the array API
+has no ``erf``, and the approximation differs from the exact form by under 1e-3.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from ..errors import ArgumentError, ArgumentTypeError
+from ..tree import is_layer
+from ..xp import namespace
+from .base import Context, layer
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def relu(x: Any) -> Any:
+    xp = namespace(x)
+    return xp.where(x > 0, x, xp.zeros_like(x))
+
+
+def tanh(x: Any) -> Any:
+    return namespace(x).tanh(x)
+
+
+def sigmoid(x: Any) -> Any:
+    xp = namespace(x)
+    # exp of a non-positive number only, so large |x| neither overflows nor warns
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def gelu(x: Any) -> Any:
+    xp = namespace(x)
+    return 0.5 * x * (1.0 + xp.tanh(_GELU_C * (x + 0.044715 * x * x * x)))
+
+
+def softmax(x: Any) -> Any:
+    xp = namespace(x)
+    shifted = x - xp.max(x, axis=-1, keepdims=True)
+    e = xp.exp(shifted)
+    return e / xp.sum(e, axis=-1, keepdims=True)
+
+
+# Each backward takes the input x, the output y and dy, and returns dx.
+def _relu_back(x: Any, y: Any, dy: Any) -> Any:
+    return namespace(dy).where(x > 0, dy, namespace(dy).zeros_like(dy))
+
+
+def _tanh_back(x: Any, y: Any, dy: Any) -> Any:
+    return dy * (1.0 - y * y)
+
+
+def _sigmoid_back(x: Any, y: Any, dy: Any) -> Any:
+    return dy * y * (1.0 - y)
+
+
+def _gelu_back(x: Any, y: Any, dy: Any) -> Any:
+    xp = namespace(x)
+    inner = _GELU_C * (x + 0.044715 * x * x * x)
+    t = xp.tanh(inner)
+    d_inner = _GELU_C * (1.0 + 3 * 0.044715 * x * x)
+    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * d_inner)
+
+
+def _softmax_back(x: Any, y: Any, dy: Any) -> Any:
+    xp = namespace(y)
+    return y * (dy - xp.sum(dy * y, axis=-1, keepdims=True))
+
+
+ACTIVATIONS: dict[str, tuple[Callable[[Any], Any], Callable[[Any, Any, Any], Any]]] = {
+    "relu": (relu, _relu_back),
+    "tanh": (tanh, _tanh_back),
+    "sigmoid": (sigmoid, _sigmoid_back),
+    "gelu": (gelu, _gelu_back),
+    "softmax": (softmax, _softmax_back),
+}
+
+
+def check_activation(name: str | None, argument: str = "activation") -> str | None:
+    """The activation's name (accepting the functions above too), or ArgumentError."""
+    if name is None:
+        return None
+    if callable(name) and getattr(name, "__name__", None) in ACTIVATIONS:
+        return name.__name__
+    if isinstance(name, str) and name in ACTIVATIONS:
+        return name
+    raise ArgumentError(
+        f"{argument}={name!r} is not an activation; expected None or one of {sorted(ACTIVATIONS)}")
+
+
+def activate(name: str | None, x: Any) -> tuple[Any, Callable[[Any], Any]]:
+    """Apply activation ``name`` to ``x``: the output and the pullback from dy to dx."""
+    if name is None:
+        return x, lambda dy: dy
+    forward, backward = ACTIVATIONS[name]
+    y = forward(x)
+    return y, lambda dy: backward(x, y, dy)
+
+
+@layer
+@attrs.define(eq=False)
+class Activation:
+    """A parameter-free layer applying one of the named activations."""
+
+    name: str = attrs.field(converter=lambda v: check_activation(v, "name"))
+
+    def forward(self, x: Any, ctx: Context) -> tuple[Any, Any]:
+        return activate(self.name, x)
+
+
+def ReLU() -> Activation:  # noqa: N802 - reads like a class at the call site
+    return Activation("relu")
+
+
+def Tanh() -> Activation:  # noqa: N802
+    return Activation("tanh")
+
+
+def Sigmoid() -> Activation:  # noqa: N802
+    return Activation("sigmoid")
+
+
+def GELU() -> Activation:  # noqa: N802
+    return Activation("gelu")
+
+
+def Softmax() -> Activation:  # noqa: N802
+    return Activation("softmax")
+
+
+def as_layer(item: Any, argument: str) -> Any:
+    """A layer for ``item``: layers pass through, activation names and functions become
+    Activation layers, anything else is a TypeError naming ``argument``."""
+    if is_layer(item):
+        return item
+    if isinstance(item, str) or callable(item) and getattr(item, "__name__", "") in ACTIVATIONS:
+        return Activation(check_activation(item, argument))
+    raise ArgumentTypeError(
+        f"{argument} is a {type(item).__name__}; expected a layer registered with @ms.layer "
+        f"or an activation name from {sorted(ACTIVATIONS)}")

@@ -1,0 +1,89 @@
+"""What every layer shares: the @layer decorator, the forward Context, and the device check.
+
+A layer is an attrs class with a ``forward(x, ctx) -> (y, pullback)`` method: ``pullback(dy)``
+returns the gradient with respect to ``x`` and adds each Param's gradient to its ``.grad``.
+Calling a layer, ``layer(x)``, runs ``forward`` in evaluation mode and returns ``y``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import numpy as np
+
+from ..devices import Device, device_of, is_array
+from ..errors import ArgumentTypeError, DeviceMismatchError
+from ..params import Param
+from ..tree import param_paths, register_layer, require_model
+
+Pullback = Callable[[Any], Any]
+
+
+@attrs.frozen
+class Context:
+    """How a forward pass runs: training or evaluation, the layer path (for error messages),
+    and the random generator (dropout)."""
+
+    train: bool = False
+    path: str = ""
+    rng: np.random.Generator | None = None
+
+    def child(self, name: str) -> Context:
+        return attrs.evolve(self, path=f"{self.path}.{name}" if self.path else name)
+
+    def generator(self) -> np.random.Generator:
+        return self.rng if self.rng is not None else np.random.default_rng()
+
+
+def layer(cls: type | None = None, *, name: str | None = None) -> Any:
+    """Class decorator: make ``cls`` an attrs layer (identity equality) and register it, so it
+    can be part of a model, converted, synced, saved and rebuilt by ``ms.load``."""
+
+    def decorate(target: type) -> type:
+        if not attrs.has(target):
+            target = attrs.define(target, eq=False)
+        if "__call__" not in target.__dict__:
+            target.__call__ = call
+        return register_layer(target, name)
+
+    return decorate if cls is None else decorate(cls)
+
+
+def call(model: Any, x: Any, *, train: bool = False, rng: np.random.Generator | None = None
+         ) -> Any:
+    """Run ``model`` on ``x`` (evaluation mode unless ``train``) and return its output."""
+    require_model(model)
+    y, _ = model.forward(x, Context(train=train, rng=rng))
+    return y
+
+
+def param_device(node: Any) -> Device | None:
+    """The device of a layer's Params (None for a layer without Params)."""
+    for _, p in param_paths(node):
+        return p.device
+    return None
+
+
+def check_input(x: Any, dev: Device | None, ctx: Context) -> None:
+    """DeviceMismatchError unless ``x`` is an array on ``dev``, naming both and the layer path."""
+    if not is_array(x):
+        raise ArgumentTypeError(
+            f"{ctx.path or 'model'}: input is a {type(x).__name__}; expected an array "
+            "(convert lists with numpy.asarray)")
+    if dev is not None and device_of(x) != dev:
+        raise DeviceMismatchError(
+            f"{ctx.path or 'model'}: input is on {device_of(x)} but the layer's Params are on "
+            f"{dev}; move the batch with ms.to_device(x, '{dev}')")
+
+
+def param_field(**kwargs: Any) -> Any:
+    """An attrs field that holds a Param (or None), marked so config extraction skips it."""
+    return attrs.field(metadata={"param": True}, **kwargs)
+
+
+def accumulate(p: Param | None, delta: Any) -> None:
+    """Add ``delta`` to ``p.grad`` when ``p`` exists (helps layers with optional Params)."""
+    if p is not None:
+        p.accumulate_grad(delta)

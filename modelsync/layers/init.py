@@ -1,0 +1,32 @@
+"""Argument checks and random generators shared by layer constructors."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArgumentError, ArgumentTypeError
+
+FLOAT_DTYPES = ("float16", "float32", "float64")
+
+
+def check_positive_int(argument: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ArgumentTypeError(f"{argument}={value!r} is a {type(value).__name__}; expected an int")
+    if value < 1:
+        raise ArgumentError(f"{argument}={value} is outside [1, ∞)")
+    return int(value)
+
+
+def check_dtype(value: Any) -> str:
+    name = np.dtype(value).name if not isinstance(value, str) else value
+    if name not in FLOAT_DTYPES:
+        raise ArgumentError(f"dtype={value!r} is not supported; expected one of {FLOAT_DTYPES}")
+    return name
+
+
+def generator(seed: int | None) -> np.random.Generator:
+    """Layers initialise on the host from this generator (``seed=None``: fresh entropy)."""
+    return np.random.default_rng(seed)

@@ -1,0 +1,83 @@
+"""Loss functions: each returns the mean loss and, for backprop, its gradient w.r.t. the prediction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .devices import device_of
+from .errors import ArgumentError, DeviceMismatchError
+from .xp import namespace
+
+_LOG_FLOOR = -100.0  # PyTorch's BCELoss clamps log terms at -100 so that log(0) stays finite
+
+
+@attrs.frozen
+class Loss:
+    """A named loss: ``loss(pred, target)`` is the mean loss as a 0-d array on pred's device,
+    ``loss.value_and_grad(pred, target)`` also gives d(loss)/d(pred)."""
+
+    name: str
+    _compute: Callable[[Any, Any], tuple[Any, Any]]
+
+    def __call__(self, pred: Any, target: Any) -> Any:
+        return self.value_and_grad(pred, target)[0]
+
+    def value_and_grad(self, pred: Any, target: Any) -> tuple[Any, Any]:
+        if device_of(pred) != device_of(target):
+            raise DeviceMismatchError(
+                f"{self.name}: prediction is on {device_of(pred)} but target is on "
+                f"{device_of(target)}; move the target with ms.to_device(y, '{device_of(pred)}')")
+        return self._compute(pred, target)
+
+
+def _check_same_shape(name: str, pred: Any, target: Any) -> None:
+    if tuple(pred.shape) != tuple(target.shape):
+        raise ArgumentError(
+            f"{name}: target has shape {tuple(target.shape)}, expected the prediction's shape "
+            f"{tuple(pred.shape)}")
+
+
+def _mse(pred: Any, target: Any) -> tuple[Any, Any]:
+    _check_same_shape("mse", pred, target)
+    xp = namespace(pred, target)
+    diff = pred - xp.astype(target, pred.dtype)
+    return xp.mean(diff * diff), diff * (2.0 / diff.size)
+
+
+def _cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
+    xp = namespace(logits, labels)
+    if logits.ndim != 2 or labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
+        raise ArgumentError(
+            f"cross_entropy: expected logits (batch, classes) and integer labels (batch,), got "
+            f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+    if not xp.isdtype(labels.dtype, "integral"):
+        raise ArgumentError(f"cross_entropy: labels have dtype {labels.dtype}, expected integers")
+    batch, classes = logits.shape
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    log_norm = xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+    log_probs = shifted - log_norm
+    classes_row = xp.arange(classes, device=labels.device if hasattr(labels, "device") else None)
+    one_hot = xp.astype(xp.reshape(labels, (-1, 1)) == xp.reshape(classes_row, (1, -1)),
+                        logits.dtype)
+    loss = -xp.sum(log_probs * one_hot) / batch
+    return loss, (xp.exp(log_probs) - one_hot) / batch
+
+
+def _binary_cross_entropy(probs: Any, target: Any) -> tuple[Any, Any]:
+    _check_same_shape("binary_cross_entropy", probs, target)
+    xp = namespace(probs, target)
+    t = xp.astype(target, probs.dtype)
+    log_p = xp.clip(xp.log(probs), _LOG_FLOOR, None)
+    log_q = xp.clip(xp.log(1.0 - probs), _LOG_FLOOR, None)
+    loss = -xp.mean(t * log_p + (1.0 - t) * log_q)
+    eps = xp.finfo(probs.dtype).eps
+    denom = xp.clip(probs * (1.0 - probs), eps, None)
+    return loss, (probs - t) / denom / probs.size
+
+
+mse = Loss("mse", _mse)
+cross_entropy = Loss("cross_entropy", _cross_entropy)
+binary_cross_entropy = Loss("binary_cross_entropy", _binary_cross_entropy)

@@ -1,0 +1,144 @@
+"""Param: one trainable array, compared by identity, whose storage may move between devices."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+
+from .devices import Device, device_of, dtype_name, is_array
+from .errors import ArgumentError, ArgumentTypeError, DeviceMismatchError
+from .transfers import copy_to
+
+
+class Param:
+    """One trainable array.
+
+    Equality and hash are by identity (a Param is not an array). ``.value`` reads the
+    storage (bringing a wrap-mode twin up to date first), ``.grad`` holds the gradient on
+    the Param's device, and ``assign`` writes new values in place from any device.
+    """
+
+    __slots__ = ("_data", "_grad", "_device", "_readonly", "_link", "name", "origin",
+                 "__weakref__")
+
+    def __init__(self, value: Any, *, name: str | None = None) -> None:
+        if not is_array(value):
+            value = np.asarray(value)
+        if not _is_floating(value):
+            raise ArgumentTypeError(
+                f"Param value has dtype {dtype_name(value.dtype)}; expected a floating dtype "
+                "(float16, float32 or float64)")
+        self._data = value
+        self._grad: Any = None
+        self._device: Device = device_of(value)
+        self._readonly: Any = None  # read-only host view handed out while wrapped
+        self._link: Any = None  # coherence link to a wrap-mode twin
+        self.name = name
+        #: Identity of the Param this one was made as: kept by copies, moves and save/load.
+        self.origin: str = uuid.uuid4().hex
+
+    # -- reading -----------------------------------------------------------------------
+    @property
+    def value(self) -> Any:
+        """The current values (a wrap-mode twin that is newer is pulled in first)."""
+        if self._link is not None:
+            self._link.before_read(self)
+            if self._readonly is not None:
+                return self._readonly
+        return self._data
+
+    @property
+    def device(self) -> Device:
+        return self._device
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._data.shape)
+
+    @property
+    def dtype(self) -> Any:
+        return self._data.dtype
+
+    @property
+    def size(self) -> int:
+        return int(self._data.size)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._data.size) * int(self._data.dtype.itemsize)
+
+    # -- gradient ----------------------------------------------------------------------
+    @property
+    def grad(self) -> Any:
+        """The accumulated gradient (None until a backward pass), on the Param's device."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Any) -> None:
+        if value is not None:
+            self._check_compatible("grad", value)
+        self._grad = value
+
+    def accumulate_grad(self, delta: Any) -> None:
+        """Add ``delta`` to ``.grad`` (creating it): what backward passes call."""
+        if self._grad is None:
+            self._grad = delta
+        else:
+            self._grad = self._grad + delta
+
+    # -- writing -----------------------------------------------------------------------
+    def assign(self, array: Any) -> None:
+        """Write ``array``'s values into this Param in place; from another device it is copied
+        (and counted by track_transfers)."""
+        if not is_array(array):
+            array = np.asarray(array, dtype=dtype_name(self.dtype))
+        self._check_compatible("assign", array, same_device=False)
+        if device_of(array) != self._device:
+            array = copy_to(array, self._device, reason="Param.assign")
+        self.writable()[...] = array
+
+    def writable(self) -> Any:
+        """The storage, ready for an in-place write through the API (optimizers, sync,
+        load_into): in wrap mode this side is brought up to date and becomes the newer one."""
+        if self._link is not None:
+            self._link.before_write(self)
+        return self._data
+
+    def _check_compatible(self, what: str, array: Any, *, same_device: bool = True) -> None:
+        if not is_array(array):
+            raise ArgumentTypeError(
+                f"{what}: expected an array of shape {self.shape} {dtype_name(self.dtype)}, "
+                f"got {type(array).__name__}")
+        if same_device and device_of(array) != self._device:
+            raise DeviceMismatchError(
+                f"{what}: array is on {device_of(array)} but the Param is on {self._device}; "
+                f"move it first with ms.to_device(array, '{self._device}')")
+        if tuple(array.shape) != self.shape:
+            raise ArgumentError(
+                f"{what}: array has shape {tuple(array.shape)}, expected the Param's shape "
+                f"{self.shape}")
+        if dtype_name(array.dtype) != dtype_name(self.dtype):
+            raise ArgumentError(
+                f"{what}: array has dtype {dtype_name(array.dtype)}, expected the Param's dtype "
+                f"{dtype_name(self.dtype)}; cast it first")
+
+    # -- storage management (conversion's business) ---------------------------------------
+    def _rehome(self, data: Any, grad: Any = None) -> None:
+        """Point this Param at new storage (mode="move"); the old storage is dropped."""
+        self._data = data
+        self._grad = grad
+        self._device = device_of(data)
+        self._readonly = None
+
+    def __repr__(self) -> str:
+        label = f"{self.name!r}, " if self.name else ""
+        return f"Param({label}shape={self.shape}, dtype={dtype_name(self.dtype)}, device={self.device})"
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+
+def _is_floating(array: Any) -> bool:
+    return dtype_name(array.dtype) in ("float16", "float32", "float64")

@@ -1,0 +1,71 @@
+"""backprop (one forward and backward pass) and train (the loop, with a progress bar)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .devices import Device, device
+from .errors import ArgumentError, ArgumentTypeError
+from .layers.base import Context, param_device
+from .losses import Loss
+from .transfers import to_device_array
+from .tree import require_model
+
+
+def backprop(model: Any, loss_fn: Loss, x: Any, y: Any, *, rng: Any = None) -> float:
+    """Forward ``x`` through ``model`` in training mode, compute ``loss_fn(out, y)``, and add
+    every Param's gradient into its ``.grad`` (on the Param's device). Returns the loss."""
+    require_model(model)
+    if not isinstance(loss_fn, Loss):
+        raise ArgumentTypeError(
+            f"loss_fn is a {type(loss_fn).__name__}; expected a loss from modelsync.losses "
+            "(mse, cross_entropy, binary_cross_entropy)")
+    out, pullback = model.forward(x, Context(train=True, rng=rng))
+    loss, d_out = loss_fn.value_and_grad(out, y)
+    pullback(d_out)
+    return float(loss)
+
+
+def train(model: Any, data: Iterable[tuple[Any, Any]], loss_fn: Loss, optimizer: Any, *,
+          epochs: int = 1, device: Device | str | None = None, progress: bool = True,
+          rng: Any = None) -> list[float]:
+    """Train for ``epochs`` passes over ``data`` (an iterable of (x, y) batches, re-iterable
+    when epochs > 1), moving each batch to the model's device. Returns each step's loss.
+
+    The progress bar goes to stderr, and only to a terminal; ``progress=False`` turns it off.
+    """
+    require_model(model)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ArgumentError(f"epochs={epochs!r} is outside [1, ∞)")
+    target = _resolve(device, model)
+    if epochs > 1 and iter(data) is data:
+        raise ArgumentError(
+            "data is a one-shot iterator but epochs > 1; pass a list or another re-iterable")
+    losses: list[float] = []
+    total = len(data) * epochs if hasattr(data, "__len__") else None
+    with tqdm(total=total, disable=True if not progress else None, file=sys.stderr,
+              desc="train", unit="step", leave=False) as bar:
+        for _ in range(epochs):
+            for x, y in data:
+                optimizer.zero_grad()
+                loss = backprop(model, loss_fn, to_device_array(x, target),
+                                to_device_array(y, target), rng=rng)
+                optimizer.step()
+                losses.append(loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    return losses
+
+
+def _resolve(spec: Device | str | None, model: Any) -> Device:
+    if spec is not None:
+        return device(spec)
+    found = param_device(model)
+    if found is None:
+        raise ArgumentError("device=None but the model has no Params to say where it lives; "
+                            "pass device=")
+    return found

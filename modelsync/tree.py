@@ -1,0 +1,228 @@
+"""Model trees: the layer registry, traversal, params/named_params, graph identity, and the one
+map-with-memo that every conversion is built on.
+
+A model is a tree of registered layers (attrs classes) whose fields hold Params, other
+layers, lists or tuples of them, or static configuration. A node seen twice (a tied Param,
+a shared layer) is visited once by `params` and handled once by `rebuild`, and the result
+keeps the sharing (the guarantee Functors.jl's ``fmap`` states).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+
+from .devices import dtype_name
+from .errors import ArgumentError, ArgumentTypeError, MovedError
+from .params import Param
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register_layer(cls: type, name: str | None = None) -> type:
+    """Record ``cls`` under ``name`` (default: its class name) so `ms.load` can rebuild it."""
+    key = name or cls.__name__
+    known = _REGISTRY.get(key)
+    if known is not None and known.__qualname__ != cls.__qualname__:
+        raise ArgumentError(
+            f"layer name {key!r} is already registered for {known.__module__}.{known.__qualname__}; "
+            f"pass @ms.layer(name=...) to register {cls.__qualname__} under another name")
+    _REGISTRY[key] = cls
+    cls.__ms_layer_name__ = key
+    return cls
+
+
+def registered_layer(name: str) -> type | None:
+    """The layer class registered under ``name``, or None."""
+    return _REGISTRY.get(name)
+
+
+def layer_name(node: Any) -> str:
+    return type(node).__ms_layer_name__
+
+
+def is_layer(value: Any) -> bool:
+    cls = type(value)
+    return attrs.has(cls) and _REGISTRY.get(getattr(cls, "__ms_layer_name__", "")) is cls
+
+
+def layer_fields(node: Any) -> list[tuple[str, Any]]:
+    """A layer's fields, in declaration order, as (name, value)."""
+    return [(f.name, getattr(node, f.name)) for f in attrs.fields(type(node))]
+
+
+def is_container(value: Any) -> bool:
+    """A list or tuple that holds Params or layers (and so is part of the tree, not config)."""
+    return isinstance(value, (list, tuple)) and any(
+        isinstance(v, Param) or is_layer(v) or is_container(v) for v in value)
+
+
+def require_model(model: Any, argument: str = "model") -> None:
+    """TypeError unless ``model`` is a registered layer; MovedError if it was moved away."""
+    if not is_layer(model):
+        raise ArgumentTypeError(
+            f"{argument} is a {type(model).__name__}; expected a model: a tree of layers "
+            "registered with @ms.layer")
+    check_not_moved(model)
+
+
+# -- traversal ----------------------------------------------------------------------------
+def walk(model: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every (path, node) below ``model`` depth-first, Params and layers, repeats included."""
+    for name, value in layer_fields(model):
+        yield from _walk_value(value, f"{prefix}{name}")
+
+
+def _walk_value(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, Param):
+        yield path, value
+    elif is_layer(value):
+        yield path, value
+        yield from walk(value, path + ".")
+    elif is_container(value):
+        for i, item in enumerate(value):
+            yield from _walk_value(item, f"{path}.{i}")
+
+
+def param_paths(model: Any) -> list[tuple[str, Param]]:
+    """Every (path, Param) pair, a tied Param once per place it is used."""
+    return [(path, node) for path, node in walk(model) if isinstance(node, Param)]
+
+
+class ParamList(list):
+    """What `params` returns: a plain list of Params that also knows each one's path, so an
+    optimizer built from it can key its state_dict by path."""
+
+    paths: list[str]
+
+
+def params(model: Any) -> ParamList:
+    """Every Param once, in depth-first order; a tied Param appears at its first place."""
+    named = named_params(model)
+    found = ParamList(named.values())
+    found.paths = list(named)
+    return found
+
+
+def named_params(model: Any) -> dict[str, Param]:
+    """Dotted path -> Param; a tied Param is listed under its first path only."""
+    require_model(model)
+    seen: set[int] = set()
+    named: dict[str, Param] = {}
+    for path, p in param_paths(model):
+        if id(p) not in seen:
+            seen.add(id(p))
+            named[path] = p
+    return named
+
+
+def aliases(model: Any) -> dict[str, str]:
+    """For each tied place after the first: its path -> the path the Param is listed under."""
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for path, p in param_paths(model):
+        if id(p) in first:
+            tied[path] = first[id(p)]
+        else:
+            first[id(p)] = path
+    return tied
+
+
+def static_config(node: Any) -> dict[str, Any]:
+    """A layer's configuration fields (everything that is not a Param, layer or container)."""
+    return {name: value for name, value in layer_fields(node)
+            if not (isinstance(value, Param) or is_layer(value) or is_container(value)
+                    or value is None and _field_holds_param(node, name))}
+
+
+def _field_holds_param(node: Any, name: str) -> bool:
+    field = attrs.fields_dict(type(node))[name]
+    return field.metadata.get("param", False)
+
+
+def structure(model: Any) -> list[tuple[str, tuple[int, ...], str]]:
+    """(path, shape, dtype name) for every place a Param is used: what check="structure" compares."""
+    return [(path, p.shape, dtype_name(p.dtype)) for path, p in param_paths(model)]
+
+
+def graph_id(model: Any) -> str:
+    """The identity of the graph this model was made as.
+
+    Built from the layer types, their configuration, the tie pattern and each Param's
+    origin (kept by every copy, move, wrap and save/load), so conversions share it and a
+    model built separately with the same architecture does not.
+    """
+    require_model(model)
+    digest = hashlib.sha256()
+    for path, node in walk(model):
+        if isinstance(node, Param):
+            digest.update(f"P|{path}|{node.origin}\n".encode())
+        else:
+            config = sorted((k, repr(v)) for k, v in static_config(node).items())
+            digest.update(f"L|{path}|{layer_name(node)}|{config}\n".encode())
+    digest.update(f"R|{layer_name(model)}|{sorted(static_config(model).items())!r}".encode())
+    return digest.hexdigest()[:32]
+
+
+# -- map with memo ------------------------------------------------------------------------
+def rebuild(model: Any, on_param: Callable[[Param], Param], memo: dict[int, Any] | None = None
+            ) -> Any:
+    """A new tree like ``model`` whose Params are ``on_param(p)``; each Param and layer seen
+    twice is mapped once, so ties and shared layers survive."""
+    memo = {} if memo is None else memo
+    return _rebuild_value(model, on_param, memo)
+
+
+def _rebuild_value(value: Any, on_param: Callable[[Param], Param], memo: dict[int, Any]) -> Any:
+    if isinstance(value, Param) or is_layer(value):
+        key = id(value)
+        if key not in memo:
+            memo[key] = (on_param(value) if isinstance(value, Param)
+                         else _rebuild_layer(value, on_param, memo))
+        return memo[key]
+    if is_container(value):
+        return type(value)(_rebuild_value(v, on_param, memo) for v in value)
+    return value
+
+
+def _rebuild_layer(node: Any, on_param: Callable[[Param], Param], memo: dict[int, Any]) -> Any:
+    fields = {name: _rebuild_value(value, on_param, memo) for name, value in layer_fields(node)}
+    return construct(type(node), fields)
+
+
+def construct(cls: type, fields: dict[str, Any]) -> Any:
+    """Make a layer from its field values without running ``__init__`` (no weights are
+    initialised, nothing from a file is executed)."""
+    node = cls.__new__(cls)
+    for name, value in fields.items():
+        object.__setattr__(node, name, value)
+    return node
+
+
+# -- moved models ---------------------------------------------------------------------------
+_moved: dict[int, tuple[Any, str]] = {}
+
+
+def mark_moved(model: Any, where: str) -> None:
+    """Make every layer of ``model`` refuse use from now on: its Params went to ``where``."""
+    nodes = [model] + [node for _, node in walk(model) if is_layer(node)]
+    for node in nodes:
+        key = id(node)
+        try:
+            ref: Any = weakref.ref(node, lambda _r, key=key: _moved.pop(key, None))
+        except TypeError:  # a layer class without weakref support: keep it alive instead
+            ref = lambda node=node: node  # noqa: E731
+        _moved[key] = (ref, where)
+
+
+def check_not_moved(model: Any) -> None:
+    """MovedError if ``model`` gave its Params away with to_device(mode="move")."""
+    entry = _moved.get(id(model))
+    if entry is not None and entry[0]() is model:
+        raise MovedError(
+            f"this {layer_name(model)} was moved to {entry[1]} by to_device(mode=\"move\") and "
+            "no longer owns its Params; use the model that to_device returned")

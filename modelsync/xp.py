@@ -1,0 +1,12 @@
+"""The array namespace of an array: the one place the package asks array_api_compat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import array_namespace
+
+
+def namespace(*arrays: Any) -> Any:
+    """The array-API namespace that computes on ``arrays`` (NumPy, CuPy or array_api_strict)."""
+    return array_namespace(*arrays)
