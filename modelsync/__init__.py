@@ -2,6 +2,7 @@
 or a simulated device, and cross between them as a copy, a move or a wrapper."""
 
 from . import layers, losses
+from .convert import detach, sync, to_device, to_host
 from .devices import Device, available_devices, device
 from .errors import (
     ArgumentError,
@@ -28,6 +29,6 @@ __all__ = [
     "ArgumentError", "ArgumentTypeError", "CoherenceError", "Device", "DeviceError",
     "DeviceMismatchError", "GraphMismatchError", "LoadError", "ModelSyncError", "MovedError",
     "Param", "SaveError", "TransferError", "TransferLedger", "available_devices", "backprop",
-    "device", "graph_id", "layer", "layers", "losses", "named_params", "params",
-    "track_transfers", "train", "transfer_guard",
+    "detach", "device", "graph_id", "layer", "layers", "losses", "named_params", "params",
+    "sync", "to_device", "to_host", "track_transfers", "train", "transfer_guard",
 ]

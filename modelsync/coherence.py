@@ -1,0 +1,148 @@
+"""Wrap mode's lazy coherence: an original Param and its device twin, kept in step by hand-over.
+
+Like a two-party cache protocol. Each `Link` knows which side holds the newest values
+("both" when they agree). A read of the stale side pulls once; a write through the API
+(optimizer step, assign, sync, load_into) first brings its side up to date and then makes it
+the newest. So training the wrapper moves nothing, reading the original pulls once, and
+writes on both sides compose in program order.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import attrs
+import numpy as np
+
+from .errors import CoherenceError
+from .params import Param
+from .transfers import copy_to
+from .tree import layer_name, params
+
+BOTH, ORIGINAL, TWIN = "both", "original", "twin"
+
+
+class Link:
+    """The coupling of one original Param and its wrap-mode twin."""
+
+    __slots__ = ("original", "twin", "newest", "_host_array")
+
+    def __init__(self, original: Param, twin: Param) -> None:
+        self.original = original
+        self.twin = twin
+        self.newest = BOTH
+        self._host_array: np.ndarray | None = None
+        original._link = self
+        twin._link = self
+        self._protect_original()
+
+    def _protect_original(self) -> None:
+        """Make the original's host array read-only, so a raw write raises instead of being
+        lost; the Param keeps a writable view for writes through the API."""
+        data = self.original._data
+        if isinstance(data, np.ndarray) and data.flags.writeable:
+            writable = data.view()
+            data.flags.writeable = False
+            self._host_array = data
+            self.original._data = writable
+            self.original._readonly = data
+
+    def _side(self, p: Param) -> str:
+        return ORIGINAL if p is self.original else TWIN
+
+    def before_read(self, p: Param) -> None:
+        """Pull the other side's values into ``p`` if they are newer."""
+        if self.newest == BOTH or self.newest == self._side(p):
+            return
+        other = self.twin if p is self.original else self.original
+        p._data[...] = copy_to(other._data, p.device, reason="wrap: pull newer values")
+        self.newest = BOTH
+
+    def before_write(self, p: Param) -> None:
+        """Bring ``p`` up to date, then mark it as the side about to hold the newest values."""
+        self.before_read(p)
+        self.newest = self._side(p)
+
+    def unlink(self) -> None:
+        """Cut the link: the original becomes writable again and each side independent."""
+        if self._host_array is not None:
+            self._host_array.flags.writeable = True
+            self.original._data = self._host_array
+            self._host_array = None
+        self.original._readonly = None
+        self.original._link = None
+        self.twin._link = None
+
+
+@attrs.define(eq=False)
+class Wrapping:
+    """What the registry knows of one wrapper: its original and the links of its Params."""
+
+    original: Any
+    links: list[Link]
+
+    def write_back(self) -> None:
+        """Bring every original Param up to date with its twin."""
+        for link in self.links:
+            link.before_read(link.original)
+
+    def release(self) -> None:
+        self.write_back()
+        for link in self.links:
+            link.unlink()
+
+
+_wrappings: dict[int, Wrapping] = {}
+
+
+def wrap_params(original: Any, make_twin: Any) -> tuple[dict[int, Param], Wrapping]:
+    """Twin every Param of ``original`` with ``make_twin(p)`` and link each pair.
+
+    Raises CoherenceError if a Param is already linked (the original is wrapped, or is
+    itself a wrapper), before anything is made.
+    """
+    found = params(original)
+    for p in found:
+        if p._link is not None:
+            role = "is already wrapped" if p._link.original is p else "is itself a wrapper"
+            raise CoherenceError(
+                f"this {layer_name(original)} {role}: an original has one wrapper at a time; "
+                "call ms.detach(wrapper) first")
+    twins = {id(p): make_twin(p) for p in found}
+    links = [Link(p, twins[id(p)]) for p in found]
+    return twins, Wrapping(original, links)
+
+
+def register_wrapper(wrapper: Any, wrapping: Wrapping) -> None:
+    """Record ``wrapper``; if it is garbage-collected undetached, it is detached then."""
+    key = id(wrapper)
+    _wrappings[key] = wrapping
+    weakref.finalize(wrapper, _forget, key, wrapping)
+
+
+def _forget(key: int, wrapping: Wrapping) -> None:
+    if _wrappings.get(key) is wrapping:
+        del _wrappings[key]
+        wrapping.release()
+
+
+def wrapping_of(model: Any) -> Wrapping | None:
+    """The Wrapping of ``model`` if it is a live wrapper, else None."""
+    return _wrappings.get(id(model))
+
+
+def detach_wrapper(wrapper: Any) -> None:
+    """Write pending updates back to the original, then cut every link of ``wrapper``."""
+    wrapping = _wrappings.pop(id(wrapper))
+    wrapping.release()
+
+
+def check_unlinked(model: Any, action: str) -> None:
+    """CoherenceError if any Param of ``model`` takes part in a wrap (for move)."""
+    for p in params(model):
+        if p._link is not None:
+            role = "a wrapped original" if p._link.original is p else "a wrapper"
+            raise CoherenceError(
+                f"cannot {action} {role}: its Params are linked by to_device(mode=\"wrap\"); "
+                "call ms.detach(wrapper) first")

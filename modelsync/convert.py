@@ -1,0 +1,213 @@
+"""to_device, to_host, detach and sync: one traversal of the model tree, three mode strategies.
+
+| mode | each Param                                | the original                      |
+| ---- | ----------------------------------------- | --------------------------------- |
+| copy | a new Param with copied storage           | untouched                         |
+| move | the same Param, its storage re-homed      | invalid: every use raises MovedError |
+| wrap | a new device Param linked to its original | kept coherent lazily (coherence.py) |
+
+Every conversion validates first and copies before it changes anything, so a failure (a
+transfer_guard, a CoherenceError) leaves every model as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from . import coherence
+from .devices import HOST, Device, device, device_of, dtype_name, is_array
+from .errors import ArgumentError, ArgumentTypeError, CoherenceError, GraphMismatchError
+from .params import Param
+from .transfers import copy_to, to_device_array
+from .tree import graph_id, is_layer, mark_moved, param_paths, params, rebuild, require_model
+
+MODES = ("copy", "move", "wrap")
+CHECKS = ("graph", "structure")
+
+
+def to_device(model: Any, device: Device | str = "auto", *, mode: str = "copy") -> Any:
+    """Convert ``model`` for ``device`` as a copy, a move or a wrapper (see the module doc).
+
+    A plain array (a data batch) is moved too, counted as data: ``to_device(x, "cuda")``.
+    """
+    _check_mode(mode)
+    if not is_layer(model) and (is_array(model) or isinstance(model, (list, tuple, np.generic))):
+        if mode != "copy":
+            raise ArgumentError(f"mode={mode!r} applies to models; an array is always copied")
+        return to_device_array(model, device)
+    require_model(model)
+    target = _device(device)
+    if mode == "copy":
+        return _copy(model, target)
+    if mode == "move":
+        coherence.check_unlinked(model, "move")
+        return _move(model, target)
+    return _wrap(model, target)
+
+
+def to_host(model: Any, *, mode: str = "copy") -> Any:
+    """Convert ``model`` for the host; a wrapper gives back its original, brought up to date."""
+    _check_mode(mode)
+    require_model(model)
+    wrapping = coherence.wrapping_of(model)
+    if wrapping is None:
+        return to_device(model, HOST, mode=mode)
+    if mode == "move":
+        raise CoherenceError("cannot move a wrapper; ms.to_host(wrapper) returns its original, "
+                             "or call ms.detach(wrapper) first")
+    wrapping.write_back()
+    return wrapping.original
+
+
+def detach(wrapper: Any) -> Any:
+    """Make ``wrapper`` an independent copy: pending device updates are first written back to
+    the original, then the link is cut. Returns ``wrapper``."""
+    require_model(wrapper, "wrapper")
+    if coherence.wrapping_of(wrapper) is None:
+        raise ArgumentError(
+            "detach: this model is not a wrapper (only a model returned by "
+            "to_device(..., mode=\"wrap\") can be detached)")
+    coherence.detach_wrapper(wrapper)
+    return wrapper
+
+
+def _check_mode(mode: Any) -> None:
+    if mode not in MODES:
+        raise ArgumentError(f"mode={mode!r} is not a conversion mode; expected one of {MODES}")
+
+
+def _device(spec: Device | str) -> Device:
+    """``device()`` under another name: to_device's argument shadows it."""
+    return device(spec)
+
+
+def _copy(model: Any, target: Device) -> Any:
+    def copy_param(p: Param) -> Param:
+        twin = Param(copy_to(p.value, target, reason="to_device(mode='copy')"), name=p.name)
+        twin.origin = p.origin
+        return twin
+
+    return rebuild(model, copy_param)
+
+
+def _move(model: Any, target: Device) -> Any:
+    moving = params(model)
+    # Copy everything first: if one transfer fails, no Param has changed yet.
+    staged = [(p, *_moved_storage(p, target)) for p in moving]
+    for p, data, grad in staged:
+        p._rehome(data, grad)
+    moved = rebuild(model, lambda p: p)
+    mark_moved(model, str(target))
+    return moved
+
+
+def _moved_storage(p: Param, target: Device) -> tuple[Any, Any]:
+    if p.device == target:
+        return p._data, p._grad
+    data = copy_to(p._data, target, reason="to_device(mode='move')")
+    grad = (None if p._grad is None
+            else copy_to(p._grad, target, reason="to_device(mode='move')", what="grad"))
+    return data, grad
+
+
+def _wrap(model: Any, target: Device) -> Any:
+    def make_twin(p: Param) -> Param:
+        twin = Param(copy_to(p.value, target, reason="to_device(mode='wrap')"), name=p.name)
+        twin.origin = p.origin
+        return twin
+
+    twins, wrapping = coherence.wrap_params(model, make_twin)
+    wrapper = rebuild(model, lambda p: twins[id(p)])
+    coherence.register_wrapper(wrapper, wrapping)
+    return wrapper
+
+
+# -- sync -----------------------------------------------------------------------------------
+def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
+    """Copy ``src``'s parameter values into ``dst`` in place, across devices; with ``tau < 1``
+    a soft update ``dst = tau*src + (1-tau)*dst``. Validates everything before writing, so a
+    mismatch raises GraphMismatchError and leaves ``dst`` unchanged. Returns ``dst``."""
+    if check not in CHECKS:
+        raise ArgumentError(f"check={check!r} is not a sync check; expected one of {CHECKS}")
+    tau = _check_tau(tau)
+    require_model(dst, "dst")
+    require_model(src, "src")
+    if dst is src:
+        raise ArgumentError("sync: dst and src are the same model; there is nothing to copy")
+    pairs = _matched_pairs(dst, src, check)
+    staged = [(d, _staged(s, d.device)) for d, s in pairs]
+    for d, values in staged:
+        _write(d, values, tau)
+    return dst
+
+
+def _check_tau(tau: Any) -> float:
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
+        raise ArgumentTypeError(f"tau={tau!r} is a {type(tau).__name__}; expected a float")
+    if not (math.isfinite(tau) and 0.0 < tau <= 1.0):
+        raise ArgumentError(f"tau={tau!r} is outside (0, 1]")
+    return float(tau)
+
+
+def _matched_pairs(dst: Any, src: Any, check: str) -> list[tuple[Param, Param]]:
+    """Each distinct dst Param with the src Param at its place, after every check passes."""
+    dst_paths, src_paths = param_paths(dst), param_paths(src)
+    for (dpath, dp), (spath, sp) in zip(dst_paths, src_paths, strict=False):
+        if dpath != spath or dp.shape != sp.shape or dtype_name(dp.dtype) != dtype_name(sp.dtype):
+            raise GraphMismatchError(
+                f"{dpath if dpath == spath else dpath + ' vs ' + spath}: dst {_describe(dp)} vs "
+                f"src {_describe(sp)}; the models differ in structure")
+    if len(dst_paths) != len(src_paths):
+        longer, side = (dst_paths, "dst") if len(dst_paths) > len(src_paths) else (src_paths, "src")
+        path, p = longer[min(len(dst_paths), len(src_paths))]
+        raise GraphMismatchError(
+            f"{path}: only {side} has it ({_describe(p)}); the models differ in structure")
+    if check == "graph" and graph_id(dst) != graph_id(src):
+        raise GraphMismatchError(
+            "dst and src have the same structure but were not made from one graph "
+            f"(graph_id {graph_id(dst)[:12]}… vs {graph_id(src)[:12]}…) — pass "
+            "check=\"structure\" to sync by shape")
+    chosen: dict[int, tuple[str, Param, Param]] = {}
+    for (path, dp), (_, sp) in zip(dst_paths, src_paths, strict=False):
+        seen = chosen.get(id(dp))
+        if seen is None:
+            chosen[id(dp)] = (path, dp, sp)
+        elif seen[2] is not sp and not _equal(seen[2], sp):
+            raise GraphMismatchError(
+                f"{seen[0]} and {path}: dst ties them to one Param but src holds two Params with "
+                "different values there; untie dst or sync from a model with the same ties")
+    return [(dp, sp) for _, dp, sp in chosen.values()]
+
+
+def _describe(p: Param) -> str:
+    return f"{p.shape} {dtype_name(p.dtype)}"
+
+
+def _equal(a: Param, b: Param) -> bool:
+    va, vb = a.value, b.value
+    if a.device != b.device:
+        vb = copy_to(vb, a.device, reason="sync: compare tied values")
+    xp = a.device.xp
+    return bool(xp.all(va == vb))
+
+
+def _staged(src: Param, target: Device) -> Any:
+    values = src.value
+    if device_of(values) != target:
+        return copy_to(values, target, reason="sync")
+    return values
+
+
+def _write(dst: Param, values: Any, tau: float) -> None:
+    data = dst.writable()
+    if tau == 1.0:
+        data[...] = values
+    elif isinstance(data, np.ndarray):
+        np.multiply(data, 1.0 - tau, out=data)
+        data += tau * values
+    else:
+        data[...] = tau * values + (1.0 - tau) * data
