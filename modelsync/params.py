@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .devices import Device, device_of, dtype_name, is_array
+from .devices import Device, device_of, dtype_name, is_array, nbytes_of
 from .errors import ArgumentError, ArgumentTypeError, DeviceMismatchError
 from .transfers import copy_to
 
@@ -67,7 +67,7 @@ class Param:
 
     @property
     def nbytes(self) -> int:
-        return int(self._data.size) * int(self._data.dtype.itemsize)
+        return nbytes_of(self._data)
 
     # -- gradient ----------------------------------------------------------------------
     @property
@@ -134,7 +134,8 @@ class Param:
 
     def __repr__(self) -> str:
         label = f"{self.name!r}, " if self.name else ""
-        return f"Param({label}shape={self.shape}, dtype={dtype_name(self.dtype)}, device={self.device})"
+        return (f"Param({label}shape={self.shape}, dtype={dtype_name(self.dtype)}, "
+                f"device={self.device})")
 
     __eq__ = object.__eq__
     __hash__ = object.__hash__
