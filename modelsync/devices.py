@@ -17,7 +17,7 @@ import numpy as np
 from .errors import ArgumentTypeError, DeviceError
 
 SIM_DEVICE_COUNT = 2
-_SPEC_RE = re.compile(r"^(host|cpu|sim|cuda)(?::(\d+))?$")
+_SPEC_RE = re.compile(r"(host|cpu|sim|cuda)(?::([0-9]+))?")  # used with fullmatch: ASCII only
 
 
 @attrs.frozen(repr=False, order=False)
@@ -67,8 +67,18 @@ def _strict_devices() -> dict[int, Any]:
     import array_api_strict
 
     names = {"device1": 1, "device2": 2}
-    return {names[d.name]: d for d in array_api_strict.__array_namespace_info__().devices()
-            if getattr(d, "name", None) in names}
+    return {names[_strict_name(d)]: d for d in array_api_strict.__array_namespace_info__().devices()
+            if _strict_name(d) in names}
+
+
+def _strict_name(dev: Any) -> str:
+    """An array_api_strict device's name ("device1"); it has no public attribute for it, so
+    read the one it keeps, else its repr ("array_api_strict.Device('device1')")."""
+    name = getattr(dev, "name", None) or getattr(dev, "_device", None)
+    if isinstance(name, str):
+        return name
+    match = re.search(r"'([^']*)'", repr(dev))
+    return match.group(1) if match else ""
 
 
 def _cupy() -> Any:
@@ -112,11 +122,11 @@ def device(spec: str | Device = "auto") -> Device:
     if not isinstance(spec, str):
         raise ArgumentTypeError(
             f"device={spec!r} is a {type(spec).__name__}; expected a Device or a spec string "
-            f"such as 'host', 'sim:1' or 'cuda:0'")
+            f"such as 'host', 'sim:1' or 'cuda:0'. Available: {_listing()}")
     text = spec.strip().lower()
     if text == "auto":
         return Device("cuda", 0) if cuda_status()[0] > 0 else Device("sim", 1)
-    match = _SPEC_RE.match(text)
+    match = _SPEC_RE.fullmatch(text)
     if match is None:
         raise DeviceError(
             f"device={spec!r} is not a device spec; expected 'host' (or 'cpu'), 'sim:N', "
@@ -124,7 +134,8 @@ def device(spec: str | Device = "auto") -> Device:
     kind, index_text = match.groups()
     if kind in ("host", "cpu"):
         if index_text not in (None, "0"):
-            raise DeviceError(f"device={spec!r}: the host has only index 0. Available: {_listing()}")
+            raise DeviceError(
+                f"device={spec!r}: the host has only index 0. Available: {_listing()}")
         return HOST
     index = int(index_text) if index_text is not None else (1 if kind == "sim" else 0)
     if kind == "sim":
@@ -153,9 +164,8 @@ def device_of(array: Any) -> Device:
         return HOST
     module = type(array).__module__
     if module.startswith("array_api_strict"):
-        name = getattr(array.device, "name", "")
         for index, dev in _strict_devices().items():
-            if dev.name == name:
+            if array.device == dev:
                 return Device("sim", index)
         raise ArgumentTypeError(
             f"an array_api_strict array on {array.device} is not on a simulated device; "
@@ -163,7 +173,8 @@ def device_of(array: Any) -> Device:
     if module.startswith("cupy"):
         return Device("cuda", int(array.device.id))
     raise ArgumentTypeError(
-        f"expected an array (numpy.ndarray, cupy.ndarray or a sim array), got {type(array).__name__}")
+        "expected an array (numpy.ndarray, cupy.ndarray or a sim array), "
+        f"got {type(array).__name__}")
 
 
 def is_array(value: Any) -> bool:
@@ -178,6 +189,12 @@ def dtype_name(dtype: Any) -> str:
     """A dtype's canonical short name ("float32"), whatever backend it came from."""
     text = str(dtype)
     return text.rsplit(".", 1)[-1]
+
+
+def nbytes_of(array: Any) -> int:
+    """The size of an array's data in bytes, on any device (array_api_strict dtypes have no
+    ``itemsize``, so it is read from the NumPy dtype of the same name)."""
+    return int(array.size) * np.dtype(dtype_name(array.dtype)).itemsize
 
 
 def dtype_on(dev: Device, name: str) -> Any:

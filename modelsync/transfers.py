@@ -15,8 +15,8 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .devices import HOST, Device, device, device_of, is_array
-from .errors import ArgumentError, TransferError
+from .devices import HOST, Device, device, device_of, dtype_name, is_array, nbytes_of
+from .errors import ArgumentError, ArgumentTypeError, TransferError
 
 #: What a transfer carries; the guard watches all but "data" (user batches).
 WHATS = ("param", "state", "grad", "data")
@@ -111,7 +111,8 @@ def _direction(src: Device, dst: Device) -> str:
     return "d2h" if dst == HOST else "d2d"
 
 
-def _record(src: Device, dst: Device, nbytes: int, reason: str, what: str) -> None:
+def _check_guard(src: Device, dst: Device, nbytes: int, reason: str, what: str) -> str:
+    """Apply the active transfer_guard (raise or log) and return the transfer's kind."""
     mode = _guard.get()
     kind = _direction(src, dst)
     if what != "data" and mode != "allow":
@@ -121,23 +122,53 @@ def _record(src: Device, dst: Device, nbytes: int, reason: str, what: str) -> No
                 f"{message}; disallowed by transfer_guard('disallow') — do this outside the "
                 "guarded block, or keep the model on one device")
         print(f"modelsync transfer: {message}", file=sys.stderr)
-    ledgers = _ledgers.get()
-    if ledgers:
-        event = TransferEvent(kind, nbytes, reason, what, str(src), str(dst))
-        for ledger in ledgers:
-            ledger.events.append(event)
+    return kind
 
 
-def copy_to(array: Any, dst: Device, *, reason: str, what: str = "param") -> Any:
+def _record(event: TransferEvent) -> None:
+    for ledger in _ledgers.get():
+        ledger.events.append(event)
+
+
+def copy_to(array: Any, dst: Device | str, *, reason: str, what: str = "param") -> Any:
     """A new array on ``dst`` equal to ``array``; counted and guarded when devices differ.
 
-    A same-device call makes a plain local copy and records nothing.
+    A same-device call makes a plain local copy and records nothing. A transfer the guard
+    refuses, or one that fails, is not recorded.
     """
+    if what not in WHATS:
+        raise ArgumentError(f"what={what!r} is not a transfer kind; expected one of {WHATS}")
+    dst = device(dst)
     src = device_of(array)
     if src == dst:
-        return src.xp.asarray(array, copy=True) if src.kind != "cuda" else array.copy()
-    _record(src, dst, int(array.size) * int(array.dtype.itemsize), reason, what)
-    return _cross(array, src, dst)
+        return _local_copy(array, src)
+    _check_dtype(array, dst)
+    nbytes = nbytes_of(array)
+    kind = _check_guard(src, dst, nbytes, reason, what)
+    result = _cross(array, src, dst)
+    _record(TransferEvent(kind, nbytes, reason, what, str(src), str(dst)))
+    return result
+
+
+def _local_copy(array: Any, dev: Device) -> Any:
+    if dev.kind == "cuda":
+        import cupy
+
+        with cupy.cuda.Device(dev.index):  # ndarray.copy() lands on the *current* GPU
+            return array.copy()
+    return dev.xp.asarray(array, copy=True)
+
+
+def _check_dtype(array: Any, dst: Device) -> None:
+    """ArgumentTypeError for a dtype the destination cannot hold (sim has no float16)."""
+    if dst.kind != "sim":
+        return
+    name = dtype_name(array.dtype)
+    supported = dst.xp.__array_namespace_info__().dtypes()
+    if name not in supported:
+        raise ArgumentTypeError(
+            f"an array of dtype {name} cannot be copied to {dst}: simulated devices hold only "
+            f"{', '.join(supported)}")
 
 
 def _cross(array: Any, src: Device, dst: Device) -> Any:
