@@ -1,4 +1,5 @@
-"""Loss functions: each returns the mean loss and, for backprop, its gradient w.r.t. the prediction."""
+"""Loss functions: each returns the mean loss and, for backprop, its gradient with respect to
+the prediction."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import numpy as np
 
 from .devices import device_of
 from .errors import ArgumentError, DeviceMismatchError
 from .xp import namespace
 
 _LOG_FLOOR = -100.0  # PyTorch's BCELoss clamps log terms at -100 so that log(0) stays finite
+_GRAD_FLOOR = 1e-12  # and floors p (1 - p) at 1e-12 in its backward
 
 
 @attrs.frozen
@@ -30,7 +33,10 @@ class Loss:
             raise DeviceMismatchError(
                 f"{self.name}: prediction is on {device_of(pred)} but target is on "
                 f"{device_of(target)}; move the target with ms.to_device(y, '{device_of(pred)}')")
-        return self._compute(pred, target)
+        value, grad = self._compute(pred, target)
+        if isinstance(value, np.generic):  # NumPy reductions give scalars: keep it an array
+            value = np.asarray(value)
+        return value, grad
 
 
 def _check_same_shape(name: str, pred: Any, target: Any) -> None:
@@ -56,6 +62,12 @@ def _cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
     if not xp.isdtype(labels.dtype, "integral"):
         raise ArgumentError(f"cross_entropy: labels have dtype {labels.dtype}, expected integers")
     batch, classes = logits.shape
+    if batch > 0:
+        low, high = int(xp.min(labels)), int(xp.max(labels))
+        if low < 0 or high >= classes:
+            raise ArgumentError(
+                f"cross_entropy: label {low if low < 0 else high} is outside [0, {classes}) "
+                f"for logits with {classes} classes")
     shifted = logits - xp.max(logits, axis=1, keepdims=True)
     log_norm = xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
     log_probs = shifted - log_norm
@@ -69,12 +81,19 @@ def _cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
 def _binary_cross_entropy(probs: Any, target: Any) -> tuple[Any, Any]:
     _check_same_shape("binary_cross_entropy", probs, target)
     xp = namespace(probs, target)
+    if probs.size > 0 and bool(xp.any((probs < 0.0) | (probs > 1.0))):
+        raise ArgumentError(
+            "binary_cross_entropy: predictions must be probabilities in [0, 1] (apply sigmoid "
+            "first), got values outside it")
     t = xp.astype(target, probs.dtype)
-    log_p = xp.clip(xp.log(probs), _LOG_FLOOR, None)
-    log_q = xp.clip(xp.log(1.0 - probs), _LOG_FLOOR, None)
+    with np.errstate(divide="ignore"):  # log(0) = -inf is expected here, then clamped
+        log_p = xp.clip(xp.log(probs), _LOG_FLOOR, None)
+        log_q = xp.clip(xp.log(1.0 - probs), _LOG_FLOOR, None)
     loss = -xp.mean(t * log_p + (1.0 - t) * log_q)
-    eps = xp.finfo(probs.dtype).eps
-    denom = xp.clip(probs * (1.0 - probs), eps, None)
+    # PyTorch's BCELoss backward: (p - t) / max(p (1 - p), 1e-12), kept above the
+    # dtype's smallest normal number (float16)
+    floor = max(_GRAD_FLOOR, float(xp.finfo(probs.dtype).smallest_normal))
+    denom = xp.clip(probs * (1.0 - probs), floor, None)
     return loss, (probs - t) / denom / probs.size
 
 

@@ -16,8 +16,12 @@ from .activations import (
 from .base import Context, layer
 from .chain import Chain
 from .dense import Affine, Dense
+from .dropout import Dropout
+from .embedding import Embedding
+from .norm import LayerNorm
 
 __all__ = [
-    "GELU", "Activation", "Affine", "Chain", "Context", "Dense", "ReLU", "Sigmoid",
+    "GELU", "Activation", "Affine", "Chain", "Context", "Dense", "Dropout", "Embedding",
+    "LayerNorm", "ReLU", "Sigmoid",
     "Softmax", "Tanh", "gelu", "layer", "relu", "sigmoid", "softmax", "tanh",
 ]

@@ -13,10 +13,11 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ..devices import Device, device_of, is_array
-from ..errors import ArgumentTypeError, DeviceMismatchError
+from ..devices import Device, device_of, dtype_name, is_array
+from ..errors import ArgumentError, ArgumentTypeError, DeviceMismatchError
 from ..params import Param
 from ..tree import param_paths, register_layer, require_model
+from ..xp import namespace
 
 Pullback = Callable[[Any], Any]
 
@@ -76,6 +77,28 @@ def check_input(x: Any, dev: Device | None, ctx: Context) -> None:
         raise DeviceMismatchError(
             f"{ctx.path or 'model'}: input is on {device_of(x)} but the layer's Params are on "
             f"{dev}; move the batch with ms.to_device(x, '{dev}')")
+
+
+def check_features(x: Any, width: int, ctx: Context, layer: str, argument: str) -> None:
+    """ArgumentError unless ``x``'s last axis has ``width`` entries, naming path and shapes."""
+    if x.ndim < 1 or x.shape[-1] != width:
+        raise ArgumentError(
+            f"{ctx.path or layer}: input has shape {tuple(x.shape)}, expected last axis "
+            f"{argument}={width}")
+
+
+def as_layer_dtype(x: Any, dtype: Any, ctx: Context, layer: str) -> Any:
+    """``x`` in the layer's floating dtype: another float precision is cast (as Keras does,
+    so float64 NumPy batches feed float32 models and gradients keep the Params' dtype);
+    a non-floating input is an ArgumentError naming the path, its dtype and the expected one."""
+    if x.dtype == dtype:
+        return x
+    xp = namespace(x)
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise ArgumentError(
+            f"{ctx.path or layer}: input has dtype {dtype_name(x.dtype)}, expected a floating "
+            f"dtype (the layer computes in {dtype_name(dtype)})")
+    return xp.astype(x, dtype)
 
 
 def param_field(**kwargs: Any) -> Any:

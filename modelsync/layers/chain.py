@@ -19,7 +19,8 @@ class Chain:
     def __init__(self, *layers: Any) -> None:
         from .activations import as_layer
 
-        self.__attrs_init__([as_layer(item, f"Chain argument {i}") for i, item in enumerate(layers)])
+        self.__attrs_init__(
+            [as_layer(item, f"Chain argument {i}") for i, item in enumerate(layers)])
 
     def forward(self, x: Any, ctx: Context) -> tuple[Any, Any]:
         pullbacks = []

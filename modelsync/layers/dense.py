@@ -6,13 +6,19 @@ import math
 from typing import Any
 
 import attrs
-import numpy as np
 
-from ..errors import ArgumentError
 from ..params import Param
 from ..xp import namespace
 from .activations import activate, check_activation
-from .base import Context, accumulate, check_input, layer, param_field
+from .base import (
+    Context,
+    accumulate,
+    as_layer_dtype,
+    check_features,
+    check_input,
+    layer,
+    param_field,
+)
 from .init import check_dtype, check_positive_int, generator
 
 
@@ -46,23 +52,23 @@ class Dense:
     def forward(self, x: Any, ctx: Context) -> tuple[Any, Any]:
         weight = self.weight.value
         check_input(x, self.weight.device, ctx)
-        if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ArgumentError(
-                f"{ctx.path or 'Dense'}: input has shape {tuple(x.shape)}, expected last axis "
-                f"in_features={self.in_features}")
+        check_features(x, self.in_features, ctx, "Dense", "in_features")
+        in_dtype = x.dtype
+        x = as_layer_dtype(x, weight.dtype, ctx, "Dense")
         xp = namespace(x, weight)
         lead = tuple(x.shape[:-1])
         x2 = xp.reshape(x, (-1, self.in_features))
         z = x2 @ xp.matrix_transpose(weight)
         if self.bias is not None:
-            z = z + self.bias.value
+            z += self.bias.value  # z is fresh: add in place
         y, act_back = activate(self.activation, z)
 
         def pullback(dy: Any) -> Any:
             dz = act_back(xp.reshape(dy, (-1, self.out_features)))
             accumulate(self.weight, xp.matrix_transpose(dz) @ x2)
             accumulate(self.bias, xp.sum(dz, axis=0))
-            return xp.reshape(dz @ weight, (*lead, self.in_features))
+            dx = xp.reshape(dz @ weight, (*lead, self.in_features))
+            return dx if dx.dtype == in_dtype else xp.astype(dx, in_dtype)
 
         return xp.reshape(y, (*lead, self.out_features)), pullback
 

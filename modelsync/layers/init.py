@@ -14,7 +14,8 @@ FLOAT_DTYPES = ("float16", "float32", "float64")
 
 def check_positive_int(argument: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ArgumentTypeError(f"{argument}={value!r} is a {type(value).__name__}; expected an int")
+        raise ArgumentTypeError(
+            f"{argument}={value!r} is a {type(value).__name__}; expected an int")
     if value < 1:
         raise ArgumentError(f"{argument}={value} is outside [1, ∞)")
     return int(value)

@@ -1,0 +1,92 @@
+"""Embedding: a lookup table from integer indices to rows of a ``(num, dim)`` weight."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+from ..devices import dtype_name
+from ..errors import ArgumentError
+from ..params import Param
+from ..xp import namespace
+from .base import Context, accumulate, check_input, layer, param_field
+from .init import check_dtype, check_positive_int, generator
+
+
+@layer
+@attrs.define(eq=False, init=False)
+class Embedding:
+    """``Embedding(num, dim)(idx)[..., :] == weight[idx]``: Param ``weight`` of shape
+    ``(num, dim)``, initialised N(0, 1) like PyTorch's ``nn.Embedding``.
+
+    The input is an integer array of any shape on the layer's device, each entry in
+    ``[0, num)``; the output has shape ``(*idx.shape, dim)``. Backward adds each output row's
+    gradient into the row it was read from (a scatter-add); the indices get no gradient, so
+    the pullback returns None.
+    """
+
+    num: int
+    dim: int
+    dtype: str
+    weight: Param = param_field()
+
+    def __init__(self, num: int, dim: int, *, dtype: str = "float32",
+                 seed: int | None = None) -> None:
+        check_positive_int("num", num)
+        check_positive_int("dim", dim)
+        dtype = check_dtype(dtype)
+        weight = generator(seed).standard_normal((num, dim)).astype(dtype)
+        self.__attrs_init__(int(num), int(dim), dtype, Param(weight, name="weight"))
+
+    def forward(self, idx: Any, ctx: Context) -> tuple[Any, Any]:
+        weight = self.weight.value
+        check_input(idx, self.weight.device, ctx)
+        xp = namespace(idx, weight)
+        self._check_indices(idx, xp, ctx)
+        lead = tuple(idx.shape)
+        flat = xp.reshape(idx, (-1,))
+        if isinstance(weight, np.ndarray):
+            rows = weight[flat]  # NumPy fast path: one fancy-index gather
+        else:
+            rows = xp.take(weight, flat, axis=0)
+
+        def pullback(dy: Any) -> None:
+            dy2 = xp.reshape(dy, (-1, self.dim))
+            if dy2.dtype != weight.dtype:
+                dy2 = xp.astype(dy2, weight.dtype)
+            accumulate(self.weight, _scatter_add_rows(xp, flat, dy2, self.num))
+            return None
+
+        return xp.reshape(rows, (*lead, self.dim)), pullback
+
+    def _check_indices(self, idx: Any, xp: Any, ctx: Context) -> None:
+        where = ctx.path or "Embedding"
+        if not xp.isdtype(idx.dtype, "integral"):
+            raise ArgumentError(
+                f"{where}: indices have dtype {dtype_name(idx.dtype)}, expected an integer "
+                f"dtype (int32 or int64) with values in [0, {self.num})")
+        if idx.size == 0:
+            return
+        low, high = int(xp.min(idx)), int(xp.max(idx))
+        if low < 0 or high >= self.num:
+            bad = low if low < 0 else high
+            raise ArgumentError(
+                f"{where}: index {bad} is outside [0, {self.num}) (num={self.num})")
+
+
+def _scatter_add_rows(xp: Any, flat: Any, dy2: Any, num: int) -> Any:
+    """A ``(num, dim)`` array whose row ``i`` sums the rows of ``dy2`` where ``flat == i``.
+
+    NumPy uses ``np.add.at``; other backends build a one-hot ``(n, num)`` matrix and compute
+    ``onehot.T @ dy2``, which the array API can express (it has no scatter-add) and which is
+    exact: each output entry is a sum of the same terms.
+    """
+    if isinstance(dy2, np.ndarray):
+        grad = np.zeros((num, dy2.shape[1]), dtype=dy2.dtype)
+        np.add.at(grad, flat, dy2)
+        return grad
+    classes = xp.arange(num, dtype=flat.dtype, device=flat.device)
+    onehot = xp.astype(xp.reshape(flat, (-1, 1)) == xp.reshape(classes, (1, -1)), dy2.dtype)
+    return xp.matrix_transpose(onehot) @ dy2
