@@ -18,7 +18,7 @@ import numpy as np
 from .errors import CoherenceError
 from .params import Param
 from .transfers import copy_to
-from .tree import layer_name, params
+from .tree import params
 
 BOTH, ORIGINAL, TWIN = "both", "original", "twin"
 
@@ -96,22 +96,9 @@ class Wrapping:
 _wrappings: dict[int, Wrapping] = {}
 
 
-def wrap_params(original: Any, make_twin: Any) -> tuple[dict[int, Param], Wrapping]:
-    """Twin every Param of ``original`` with ``make_twin(p)`` and link each pair.
-
-    Raises CoherenceError if a Param is already linked (the original is wrapped, or is
-    itself a wrapper), before anything is made.
-    """
-    found = params(original)
-    for p in found:
-        if p._link is not None:
-            role = "is already wrapped" if p._link.original is p else "is itself a wrapper"
-            raise CoherenceError(
-                f"this {layer_name(original)} {role}: an original has one wrapper at a time; "
-                "call ms.detach(wrapper) first")
-    twins = {id(p): make_twin(p) for p in found}
-    links = [Link(p, twins[id(p)]) for p in found]
-    return twins, Wrapping(original, links)
+def link_params(original: Any, twins: dict[int, Param]) -> Wrapping:
+    """Link every Param of ``original`` to its twin (``twins`` is keyed by Param id)."""
+    return Wrapping(original, [Link(p, twins[id(p)]) for p in params(original)])
 
 
 def register_wrapper(wrapper: Any, wrapping: Wrapping) -> None:
@@ -139,10 +126,11 @@ def detach_wrapper(wrapper: Any) -> None:
 
 
 def check_unlinked(model: Any, action: str) -> None:
-    """CoherenceError if any Param of ``model`` takes part in a wrap (for move)."""
+    """CoherenceError if any Param of ``model`` takes part in a wrap: an original has one
+    wrapper at a time, and neither it nor its wrapper may be moved or wrapped again."""
     for p in params(model):
         if p._link is not None:
             role = "a wrapped original" if p._link.original is p else "a wrapper"
             raise CoherenceError(
-                f"cannot {action} {role}: its Params are linked by to_device(mode=\"wrap\"); "
-                "call ms.detach(wrapper) first")
+                f"cannot {action} {role}: an original has one wrapper at a time and its "
+                "Params are linked by to_device(mode=\"wrap\"); call ms.detach(wrapper) first")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import coherence
+from . import coherence, flat
 from .devices import HOST, Device, device, device_of, dtype_name, is_array
 from .errors import ArgumentError, ArgumentTypeError, CoherenceError, GraphMismatchError
 from .params import Param
@@ -86,41 +86,42 @@ def _device(spec: Device | str) -> Device:
 
 
 def _copy(model: Any, target: Device) -> Any:
-    def copy_param(p: Param) -> Param:
-        twin = Param(copy_to(p.value, target, reason="to_device(mode='copy')"), name=p.name)
-        twin.origin = p.origin
-        return twin
+    twins = _flat_twins(params(model), target, "to_device(mode='copy')")
+    return rebuild(model, lambda p: twins[id(p)])
 
-    return rebuild(model, copy_param)
+
+def _flat_twins(originals: list[Param], target: Device, reason: str) -> dict[int, Param]:
+    """A new Param on ``target`` for each original, laid out flat: one buffer per dtype."""
+    twins: dict[int, Param] = {}
+    for group in flat.group_by_dtype(originals).values():
+        buffer = flat.copy_flat(group, target, reason=reason, read=lambda p: p.value)
+        for p, twin in zip(group, flat.params_on(buffer, group), strict=True):
+            twins[id(p)] = twin
+    return twins
 
 
 def _move(model: Any, target: Device) -> Any:
-    moving = params(model)
+    reason = "to_device(mode='move')"
     # Copy everything first: if one transfer fails, no Param has changed yet.
-    staged = [(p, *_moved_storage(p, target)) for p in moving]
-    for p, data, grad in staged:
-        p._rehome(data, grad)
+    staged = []
+    for group in flat.group_by_dtype(params(model)).values():
+        if all(p.device == target for p in group):
+            continue
+        buffer = flat.copy_flat(group, target, reason=reason, read=lambda p: p._data)
+        grads = [None if p._grad is None else copy_to(p._grad, target, reason=reason, what="grad")
+                 for p in group]
+        staged.append((group, buffer, grads))
+    for group, buffer, grads in staged:
+        flat.adopt(group, buffer, grads)
     moved = rebuild(model, lambda p: p)
     mark_moved(model, str(target))
     return moved
 
 
-def _moved_storage(p: Param, target: Device) -> tuple[Any, Any]:
-    if p.device == target:
-        return p._data, p._grad
-    data = copy_to(p._data, target, reason="to_device(mode='move')")
-    grad = (None if p._grad is None
-            else copy_to(p._grad, target, reason="to_device(mode='move')", what="grad"))
-    return data, grad
-
-
 def _wrap(model: Any, target: Device) -> Any:
-    def make_twin(p: Param) -> Param:
-        twin = Param(copy_to(p.value, target, reason="to_device(mode='wrap')"), name=p.name)
-        twin.origin = p.origin
-        return twin
-
-    twins, wrapping = coherence.wrap_params(model, make_twin)
+    coherence.check_unlinked(model, "wrap")
+    twins = _flat_twins(params(model), target, "to_device(mode='wrap')")
+    wrapping = coherence.link_params(model, twins)
     wrapper = rebuild(model, lambda p: twins[id(p)])
     coherence.register_wrapper(wrapper, wrapping)
     return wrapper
@@ -139,9 +140,12 @@ def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
     if dst is src:
         raise ArgumentError("sync: dst and src are the same model; there is nothing to copy")
     pairs = _matched_pairs(dst, src, check)
-    staged = [(d, _staged(s, d.device)) for d, s in pairs]
-    for d, values in staged:
-        _write(d, values, tau)
+    # Stage every value on dst's device first: a failed transfer leaves dst unchanged.
+    staged = [staging for group in _pair_groups(pairs) for staging in _stage(group)]
+    for targets, storage, values in staged:
+        for d in targets:
+            d.writable()  # wrap mode: this side becomes the newest
+        _write(storage, values, tau)
     return dst
 
 
@@ -195,15 +199,32 @@ def _equal(a: Param, b: Param) -> bool:
     return bool(xp.all(va == vb))
 
 
-def _staged(src: Param, target: Device) -> Any:
-    values = src.value
+def _pair_groups(pairs: list[tuple[Param, Param]]) -> list[list[tuple[Param, Param]]]:
+    groups: dict[str, list[tuple[Param, Param]]] = {}
+    for d, s in pairs:
+        groups.setdefault(dtype_name(d.dtype), []).append((d, s))
+    return list(groups.values())
+
+
+def _stage(group: list[tuple[Param, Param]]) -> list[tuple[list[Param], Any, Any]]:
+    """(dst Params, the storage to write, the values on its device): one whole buffer when
+    both sides are intact flat stores of the same layout, else one entry per Param."""
+    dsts, srcs = [d for d, _ in group], [s for _, s in group]
+    dst_store, src_store = flat.intact_store(dsts), flat.intact_store(srcs)
+    if len(group) > 1 and dst_store is not None and src_store is not None \
+            and dst_store.sizes == src_store.sizes:
+        values = flat.gather(srcs, read=lambda p: p.value)
+        return [(dsts, dst_store.buffer, _on(values, dst_store.device))]
+    return [([d], d._data, _on(s.value, d.device)) for d, s in group]
+
+
+def _on(values: Any, target: Device) -> Any:
     if device_of(values) != target:
         return copy_to(values, target, reason="sync")
     return values
 
 
-def _write(dst: Param, values: Any, tau: float) -> None:
-    data = dst.writable()
+def _write(data: Any, values: Any, tau: float) -> None:
     if tau == 1.0:
         data[...] = values
     elif isinstance(data, np.ndarray):

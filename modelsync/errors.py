@@ -1,4 +1,5 @@
-"""The library's exceptions: every one derives from ModelSyncError, so one except clause catches them all."""
+"""The library's exceptions: every one derives from ModelSyncError, so one except clause
+catches them all."""
 
 from __future__ import annotations
 

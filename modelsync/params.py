@@ -20,7 +20,7 @@ class Param:
     the Param's device, and ``assign`` writes new values in place from any device.
     """
 
-    __slots__ = ("_data", "_grad", "_device", "_readonly", "_link", "name", "origin",
+    __slots__ = ("_data", "_grad", "_device", "_readonly", "_link", "_store", "name", "origin",
                  "__weakref__")
 
     def __init__(self, value: Any, *, name: str | None = None) -> None:
@@ -35,6 +35,7 @@ class Param:
         self._device: Device = device_of(value)
         self._readonly: Any = None  # read-only host view handed out while wrapped
         self._link: Any = None  # coherence link to a wrap-mode twin
+        self._store: Any = None  # the flat.FlatStore whose buffer this Param views, if any
         self.name = name
         #: Identity of the Param this one was made as: kept by copies, moves and save/load.
         self.origin: str = uuid.uuid4().hex
@@ -127,6 +128,9 @@ class Param:
     # -- storage management (conversion's business) ---------------------------------------
     def _rehome(self, data: Any, grad: Any = None) -> None:
         """Point this Param at new storage (mode="move"); the old storage is dropped."""
+        if self._store is not None:
+            self._store.broken = True
+            self._store = None
         self._data = data
         self._grad = grad
         self._device = device_of(data)

@@ -29,7 +29,8 @@ def register_layer(cls: type, name: str | None = None) -> type:
     known = _REGISTRY.get(key)
     if known is not None and known.__qualname__ != cls.__qualname__:
         raise ArgumentError(
-            f"layer name {key!r} is already registered for {known.__module__}.{known.__qualname__}; "
+            f"layer name {key!r} is already registered for "
+            f"{known.__module__}.{known.__qualname__}; "
             f"pass @ms.layer(name=...) to register {cls.__qualname__} under another name")
     _REGISTRY[key] = cls
     cls.__ms_layer_name__ = key
@@ -145,7 +146,8 @@ def _field_holds_param(node: Any, name: str) -> bool:
 
 
 def structure(model: Any) -> list[tuple[str, tuple[int, ...], str]]:
-    """(path, shape, dtype name) for every place a Param is used: what check="structure" compares."""
+    """(path, shape, dtype name) for every place a Param is used: what check="structure"
+    compares."""
     return [(path, p.shape, dtype_name(p.dtype)) for path, p in param_paths(model)]
 
 

@@ -372,3 +372,40 @@ def test_to_device_moves_plain_arrays_as_counted_data():
     np.testing.assert_array_equal(to_numpy(y), x)
     with pytest.raises(ValueError, match="always copied"):
         ms.to_device(x, "sim:1", mode="move")
+
+
+# -- flat storage -----------------------------------------------------------------------------
+def mixed_dtypes():
+    return layers.Chain(layers.Dense(4, 6, "tanh", dtype="float64"), layers.Dense(6, 3),
+                        layers.Dense(3, 3))
+
+
+@pytest.mark.parametrize("mode", ["copy", "move", "wrap"])
+def test_a_conversion_lays_params_out_flat_and_moves_one_buffer_per_dtype(mode):
+    from modelsync import flat
+
+    model = ms.to_device(mixed_dtypes(), "sim:1")
+    with ms.track_transfers() as t:
+        converted = ms.to_device(model, "sim:2", mode=mode)
+    assert t.count == 2  # float64 and float32
+    groups = flat.group_by_dtype(ms.params(converted))
+    assert all(flat.intact_store(group) is not None for group in groups.values())
+    a = ms.to_device(converted, "host")
+    with ms.track_transfers() as t:
+        ms.sync(a, converted)
+    assert t.count == 2 and t.bytes == param_bytes(a)
+    assert_same(values(a), values(converted))
+
+
+def test_a_moved_param_leaves_its_old_store_and_sync_still_matches():
+    from modelsync import flat
+
+    a = ms.to_device(mixed_dtypes(), "sim:1")
+    b = ms.to_device(a, "sim:2")
+    old_group = flat.group_by_dtype(ms.params(a))["float32"]
+    store = flat.intact_store(old_group)
+    moved = ms.to_device(a, "host", mode="move")
+    assert store.broken and flat.intact_store(old_group) is not store
+    sgd_step(moved, *batch("host"))
+    ms.sync(b, moved)
+    assert_same(values(b), values(moved))

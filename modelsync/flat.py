@@ -1,0 +1,121 @@
+"""Flat storage: a model's Params of one (device, dtype) as views into one 1-D buffer.
+
+Paying per model instead of per array is what PyTorch's fused optimizers, apex's
+multi-tensor apply and FSDP's flat parameters are for: with a flat buffer a conversion, a
+sync or an optimizer step is a handful of whole-buffer operations however many Params there
+are. Every conversion lays out its result this way; Params made on their own still work, at
+per-array speed.
+
+A `FlatStore` stays *intact* while every member still views it; re-homing a Param (a move)
+breaks the old store, and code that wants the fast path asks `intact_store(params)` first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .devices import Device, device_of, dtype_name
+from .params import Param
+from .transfers import copy_to
+
+
+class FlatStore:
+    """One buffer on one device holding the given Params, in order, as reshaped views."""
+
+    __slots__ = ("buffer", "members", "offsets", "sizes", "broken", "__weakref__")
+
+    def __init__(self, buffer: Any, members: Sequence[Param], sizes: Sequence[int]) -> None:
+        self.buffer = buffer
+        self.members = list(members)
+        self.sizes = list(sizes)
+        self.offsets = [0] * len(self.sizes)
+        total = 0
+        for i, size in enumerate(self.sizes):
+            self.offsets[i] = total
+            total += size
+        self.broken = False
+
+    @property
+    def device(self) -> Device:
+        return device_of(self.buffer)
+
+    def views(self, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
+        """Each member's slice of the buffer, reshaped."""
+        xp = self.device.xp
+        return [xp.reshape(self.buffer[o:o + n], shape)
+                for o, n, shape in zip(self.offsets, self.sizes, shapes, strict=True)]
+
+
+def intact_store(group: Sequence[Param]) -> FlatStore | None:
+    """The store that holds exactly ``group``, in order, if it is intact; else None."""
+    if not group:
+        return None
+    store = group[0]._store
+    if store is None or store.broken or len(store.members) != len(group):
+        return None
+    for p, member in zip(group, store.members, strict=True):
+        if p is not member:
+            return None
+    return store
+
+
+def group_by_dtype(found: Sequence[Param]) -> dict[str, list[Param]]:
+    """Params grouped by dtype name, each group in the given order."""
+    groups: dict[str, list[Param]] = {}
+    for p in found:
+        groups.setdefault(dtype_name(p.dtype), []).append(p)
+    return groups
+
+
+def gather(group: Sequence[Param], read: Callable[[Param], Any]) -> Any:
+    """One 1-D array of ``group``'s values on their device: the store's buffer when the group
+    is an intact store (no copy), else a concatenation (one local pass)."""
+    store = intact_store(group)
+    if store is not None:
+        for p in group:
+            read(p)  # wrap mode: bring each member up to date in place
+        return store.buffer
+    values = [read(p) for p in group]
+    xp = device_of(values[0]).xp
+    return xp.concat([xp.reshape(v, (-1,)) for v in values])
+
+
+def copy_flat(group: Sequence[Param], target: Device, *, reason: str,
+              read: Callable[[Param], Any]) -> Any:
+    """``group``'s values as one new 1-D buffer on ``target``: one counted transfer when the
+    group lives on one device (Params scattered over devices are copied one by one)."""
+    if len({p.device for p in group}) > 1:
+        xp = target.xp
+        return xp.concat([xp.reshape(copy_to(read(p), target, reason=reason), (-1,))
+                          for p in group])
+    return copy_to(gather(group, read), target, reason=reason)
+
+
+def sizes_of(group: Sequence[Param]) -> list[int]:
+    return [math.prod(p.shape) for p in group]
+
+
+def adopt(members: Sequence[Param], buffer: Any, grads: Sequence[Any]) -> FlatStore:
+    """Re-home ``members`` into views of ``buffer`` with ``grads`` (their old storage is
+    dropped) and return the store."""
+    store = FlatStore(buffer, members, sizes_of(members))
+    views = store.views([p.shape for p in members])
+    for p, view, grad in zip(members, views, grads, strict=True):
+        p._rehome(view, grad)
+        p._store = store
+    return store
+
+
+def params_on(buffer: Any, like: Sequence[Param]) -> list[Param]:
+    """New Params viewing ``buffer``, one per Param of ``like`` (same shape, name, origin)."""
+    store = FlatStore(buffer, [], sizes_of(like))
+    made = []
+    for p, view in zip(like, store.views([p.shape for p in like]), strict=True):
+        twin = Param(view, name=p.name)
+        twin.origin = p.origin
+        twin._store = store
+        made.append(twin)
+    store.members = made
+    return made
