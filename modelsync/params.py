@@ -26,6 +26,8 @@ class Param:
     def __init__(self, value: Any, *, name: str | None = None) -> None:
         if not is_array(value):
             value = np.asarray(value)
+        elif isinstance(value, np.ndarray) and not value.flags.writeable:
+            value = value.copy()  # a Param is written in place: it must own writable storage
         if not _is_floating(value):
             raise ArgumentTypeError(
                 f"Param value has dtype {dtype_name(value.dtype)}; expected a floating dtype "
@@ -94,7 +96,12 @@ class Param:
         """Write ``array``'s values into this Param in place; from another device it is copied
         (and counted by track_transfers)."""
         if not is_array(array):
-            array = np.asarray(array, dtype=dtype_name(self.dtype))
+            try:
+                array = np.asarray(array, dtype=dtype_name(self.dtype))
+            except (TypeError, ValueError):
+                raise ArgumentTypeError(
+                    f"assign: {array!r} is a {type(array).__name__}, not numbers; expected an "
+                    f"array of shape {self.shape} {dtype_name(self.dtype)}") from None
         self._check_compatible("assign", array, same_device=False)
         if device_of(array) != self._device:
             array = copy_to(array, self._device, reason="Param.assign")

@@ -215,18 +215,13 @@ def test_writable_is_the_storage() -> None:
     assert p.value[0, 0] == 42.0
 
 
-# -- known bugs in params.py (the lead owns it): strict xfails flip when fixed ---------------
-@pytest.mark.xfail(strict=True, reason="params.py bug: Param.assign('abc') leaks numpy's bare "
-                   "ValueError instead of an ArgumentTypeError naming the argument")
+# -- regressions ------------------------------------------------------------------------------
 def test_assign_non_numeric_raises_library_error() -> None:
     p = _param(HOST)
     with pytest.raises(ms.ArgumentTypeError):
         p.assign("abc")
 
 
-@pytest.mark.xfail(strict=True, reason="params.py bug: a Param made from a read-only NumPy array "
-                   "(np.broadcast_to, a loaded mmap) keeps it, so assign and every optimizer "
-                   "step fail with numpy's bare 'assignment destination is read-only'")
 def test_param_from_read_only_array_can_be_assigned() -> None:
     values = np.zeros((2, 3), np.float32)
     values.flags.writeable = False
