@@ -1,0 +1,134 @@
+"""Gradient transforms: they change each bound Param's ``.grad`` in place and leave the Param
+alone, so they compose in front of a rule with `chain` (WeightDecay, ClipNorm, ClipValue)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from ..params import Param
+from ..transfers import copy_to
+from ..xp import namespace
+from ._cuda import elementwise
+from .base import Optimizer, Slot, on_device
+from .ranges import restrict_range
+
+#: Added to the norm before dividing, as torch.nn.utils.clip_grad_norm_ does.
+CLIP_NORM_EPS = 1e-6
+
+
+class WeightDecay(Optimizer):
+    """L2 weight decay as torch SGD applies it: ``g += decay * p``."""
+
+    decay = restrict_range("[0, ∞)")
+    hyper_names = ("decay",)
+    access = "read"
+
+    def __init__(self, params: Iterable[Param], decay: float) -> None:
+        self.decay = decay
+        super().__init__(params)
+
+    def _update_xp(self, value: Any, grad: Any, slot: Slot) -> None:
+        grad += self.decay * value
+
+    def _update_host(self, value: Any, grad: Any, slot: Slot) -> None:
+        (tmp,) = slot.scratch
+        np.multiply(value, self.decay, out=tmp)
+        grad += tmp
+
+    def _update_cuda(self, value: Any, grad: Any, slot: Slot) -> None:
+        kernel = elementwise("weight_decay", "T param, T decay", "T grad", "grad += decay * param;")
+        with on_device(slot):
+            kernel(value, self.decay, grad)
+
+
+class ClipValue(Optimizer):
+    """Clamp every gradient entry into ``[-limit, limit]`` (torch ``clip_grad_value_``)."""
+
+    limit = restrict_range("(0, ∞)")
+    hyper_names = ("limit",)
+    access = "none"
+    scratch_count = 0
+
+    def __init__(self, params: Iterable[Param], limit: float) -> None:
+        self.limit = limit
+        super().__init__(params)
+
+    def _update_xp(self, _: Any, grad: Any, slot: Slot) -> None:
+        grad[...] = slot.xp.clip(grad, min=-self.limit, max=self.limit)
+
+    def _update_host(self, _: Any, grad: Any, slot: Slot) -> None:
+        np.clip(grad, -self.limit, self.limit, out=grad)
+
+    def _update_cuda(self, _: Any, grad: Any, slot: Slot) -> None:
+        with on_device(slot):
+            slot.xp.clip(grad, -self.limit, self.limit, out=grad)
+
+
+class ClipNorm(Optimizer):
+    """Scale all bound gradients together so their global L2 norm is at most ``max_norm``
+    (torch ``clip_grad_norm_``): ``g *= min(1, max_norm / (norm + 1e-6))``.
+
+    On a device the norm and the factor stay on the device (no host round trip per step).
+    """
+
+    max_norm = restrict_range("(0, ∞)")
+    hyper_names = ("max_norm",)
+    access = "none"
+
+    def __init__(self, params: Iterable[Param], max_norm: float) -> None:
+        self.max_norm = max_norm
+        super().__init__(params)
+
+    def step(self) -> None:
+        """Clip the gradients of the bound Params that have one, as one vector."""
+        groups: dict[Any, list[Any]] = {}
+        for p in self._params:
+            grad = p.grad
+            if grad is not None:
+                groups.setdefault(p.device, []).append(grad)
+        if not groups:
+            return
+        if len(groups) == 1 and next(iter(groups)).kind == "host":
+            self._clip_host(next(iter(groups.values())))
+        else:
+            self._clip_devices(groups)
+
+    def _clip_host(self, grads: list[Any]) -> None:
+        total = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
+        coef = self.max_norm / (total + CLIP_NORM_EPS)
+        if coef < 1.0:  # torch multiplies by the clamped factor; by 1.0 changes nothing
+            for g in grads:
+                np.multiply(g, coef, out=g)
+
+    def _clip_devices(self, groups: dict[Any, list[Any]]) -> None:
+        devices = list(groups)
+        primary = devices[0]
+        sums = {dev: _sum_of_squares(gs) for dev, gs in groups.items()}
+        total_sq = sums[primary]
+        for dev in devices[1:]:
+            total_sq = total_sq + copy_to(sums[dev], primary, reason="ClipNorm global norm",
+                                          what="grad")
+        xp = namespace(total_sq)
+        coef = xp.minimum(self.max_norm / (xp.sqrt(total_sq) + CLIP_NORM_EPS), 1.0)
+        for dev, gs in groups.items():
+            here = coef if dev == primary else copy_to(coef, dev, reason="ClipNorm global norm",
+                                                       what="grad")
+            gxp = namespace(here)
+            for g in gs:
+                g *= gxp.astype(here, g.dtype)
+
+
+def _sum_of_squares(grads: list[Any]) -> Any:
+    """Σ g² over ``grads`` (one device) as a 0-d float64 array on that device."""
+    xp = namespace(grads[0])
+    if xp.__name__.endswith("numpy"):
+        return np.asarray(sum(float(np.vdot(g, g)) for g in grads), dtype=np.float64)
+    total = None
+    for g in grads:
+        s = xp.astype(xp.sum(g * g), xp.float64)
+        total = s if total is None else total + s
+    return total
