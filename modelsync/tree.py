@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -21,18 +21,25 @@ from .errors import ArgumentError, ArgumentTypeError, MovedError
 from .params import Param
 
 _REGISTRY: dict[str, type] = {}
+_LAYER_TYPES: set[type] = set()  # the registered classes, for an O(1) is_layer
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # each layer class's attrs field names
 
 
 def register_layer(cls: type, name: str | None = None) -> type:
     """Record ``cls`` under ``name`` (default: its class name) so `ms.load` can rebuild it."""
     key = name or cls.__name__
     known = _REGISTRY.get(key)
-    if known is not None and known.__qualname__ != cls.__qualname__:
+    if known is not None and (known.__module__, known.__qualname__) != (
+            cls.__module__, cls.__qualname__):
         raise ArgumentError(
             f"layer name {key!r} is already registered for "
             f"{known.__module__}.{known.__qualname__}; "
             f"pass @ms.layer(name=...) to register {cls.__qualname__} under another name")
+    if known is not None:
+        _LAYER_TYPES.discard(known)
     _REGISTRY[key] = cls
+    _LAYER_TYPES.add(cls)
+    _FIELD_NAMES.pop(cls, None)
     cls.__ms_layer_name__ = key
     return cls
 
@@ -47,13 +54,20 @@ def layer_name(node: Any) -> str:
 
 
 def is_layer(value: Any) -> bool:
-    cls = type(value)
-    return attrs.has(cls) and _REGISTRY.get(getattr(cls, "__ms_layer_name__", "")) is cls
+    return type(value) in _LAYER_TYPES
+
+
+def field_names(cls: type) -> tuple[str, ...]:
+    """A layer class's field names, in declaration order (cached: traversal is a hot path)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in attrs.fields(cls))
+    return names
 
 
 def layer_fields(node: Any) -> list[tuple[str, Any]]:
     """A layer's fields, in declaration order, as (name, value)."""
-    return [(f.name, getattr(node, f.name)) for f in attrs.fields(type(node))]
+    return [(name, getattr(node, name)) for name in field_names(type(node))]
 
 
 def is_container(value: Any) -> bool:
@@ -72,26 +86,34 @@ def require_model(model: Any, argument: str = "model") -> None:
 
 
 # -- traversal ----------------------------------------------------------------------------
-def walk(model: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def walk(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """Every (path, node) below ``model`` depth-first, Params and layers, repeats included."""
-    for name, value in layer_fields(model):
-        yield from _walk_value(value, f"{prefix}{name}")
+    found: list[tuple[str, Any]] = []
+    _walk_layer(model, prefix, found)
+    return found
 
 
-def _walk_value(value: Any, path: str) -> Iterator[tuple[str, Any]]:
-    if isinstance(value, Param):
-        yield path, value
-    elif is_layer(value):
-        yield path, value
-        yield from walk(value, path + ".")
-    elif is_container(value):
+def _walk_layer(node: Any, prefix: str, found: list[tuple[str, Any]]) -> None:
+    for name in field_names(type(node)):
+        _walk_value(getattr(node, name), prefix + name, found)
+
+
+def _walk_value(value: Any, path: str, found: list[tuple[str, Any]]) -> None:
+    kind = type(value)
+    if kind is Param:
+        found.append((path, value))
+    elif kind in _LAYER_TYPES:
+        found.append((path, value))
+        _walk_layer(value, path + ".", found)
+    elif (kind is list or kind is tuple or isinstance(value, (list, tuple))) and value \
+            and is_container(value):
         for i, item in enumerate(value):
-            yield from _walk_value(item, f"{path}.{i}")
+            _walk_value(item, f"{path}.{i}", found)
 
 
 def param_paths(model: Any) -> list[tuple[str, Param]]:
     """Every (path, Param) pair, a tied Param once per place it is used."""
-    return [(path, node) for path, node in walk(model) if isinstance(node, Param)]
+    return [(path, node) for path, node in walk(model) if type(node) is Param]
 
 
 class ParamList(list):
@@ -160,9 +182,11 @@ def graph_id(model: Any) -> str:
     """
     require_model(model)
     digest = hashlib.sha256()
+    first: dict[int, str] = {}
     for path, node in walk(model):
         if isinstance(node, Param):
-            digest.update(f"P|{path}|{node.origin}\n".encode())
+            tied_to = first.setdefault(id(node), path)
+            digest.update(f"P|{path}|{node.origin}|{tied_to}\n".encode())
         else:
             config = sorted((k, repr(v)) for k, v in static_config(node).items())
             digest.update(f"L|{path}|{layer_name(node)}|{config}\n".encode())
@@ -187,7 +211,8 @@ def _rebuild_value(value: Any, on_param: Callable[[Param], Param], memo: dict[in
                          else _rebuild_layer(value, on_param, memo))
         return memo[key]
     if is_container(value):
-        return type(value)(_rebuild_value(v, on_param, memo) for v in value)
+        items = [_rebuild_value(v, on_param, memo) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
     return value
 
 

@@ -297,10 +297,7 @@ def test_moved_marks_are_dropped_with_the_model() -> None:
     assert key not in tree._moved
 
 
-# -- known bugs in tree.py (the lead owns it): strict xfails flip when fixed -------------------
-@pytest.mark.xfail(strict=True, reason="tree.py bug: register_layer compares only __qualname__, "
-                   "so a user's own `class Dense` in another module silently replaces the "
-                   "built-in Dense and every built-in Dense stops being a model")
+# -- regressions ------------------------------------------------------------------------------
 def test_same_class_name_from_another_module_is_refused(registry) -> None:
     user = types.ModuleType("user_layers")
     with pytest.raises(ms.ArgumentError, match="'Dense' is already registered"):
@@ -310,9 +307,6 @@ def test_same_class_name_from_another_module_is_refused(registry) -> None:
     assert tree.is_layer(layers.Dense(2, 2))
 
 
-@pytest.mark.xfail(strict=True, reason="tree.py bug: graph_id ignores the tie pattern it "
-                   "documents: a model with one tied Param and one with two Params of the same "
-                   "origin get the same id")
 def test_graph_id_sees_the_tie_pattern() -> None:
     p = Param(np.ones(2))
     twin = _same_origin(p)
@@ -327,8 +321,6 @@ class TreeTestPairHolder:
     pair: tuple
 
 
-@pytest.mark.xfail(strict=True, reason="tree.py bug: rebuild re-creates a container with "
-                   "type(value)(generator), which a namedtuple of Params rejects (TypeError)")
 def test_rebuild_keeps_namedtuple_containers() -> None:
     model = TreeTestPairHolder(Pair(Param(np.ones(2)), Param(np.zeros(2))))
     assert list(ms.named_params(model)) == ["pair.0", "pair.1"]
