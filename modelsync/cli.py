@@ -1,0 +1,190 @@
+"""The ``modelsync`` command: ``demo``, ``explore`` and ``inspect FILE``.
+
+This module only parses options and prints; the work lives in `modelsync.demo`,
+`semantics` and `modelsync.inspect_file`. Every failure the user can cause ends as one
+line on stderr, ``modelsync: error: ...``, and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from .errors import ModelSyncError
+
+PROG = "modelsync"
+EXIT_ERROR = 1  # the library refused (bad device, unwritable folder, unreadable file)
+EXIT_USAGE = 2  # the command line itself was wrong (argparse's convention)
+
+
+class UsageError(Exception):
+    """A command-line mistake found by argparse; reported in one line like the others."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors become one line instead of usage + message + exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with its three subcommands (exposed so docs and tests can read it)."""
+    from . import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        description="Train small models whose parameters move between host and device as a "
+                    "copy, a move or a wrapper, and measure what crosses the boundary.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    demo = commands.add_parser(
+        "demo", help="train a digits classifier in each mode and print what it cost",
+        description="For each mode (wrap, copy, move): build an MLP on the host, convert it to "
+                    "the device, train it with Adam on the UCI handwritten digits that ship "
+                    "with modelsync, save it back to the host, reload and test it, and sync a "
+                    "second copy of the same graph. Ends with a table of test accuracy, "
+                    "training time and bytes moved per mode.")
+    _device_option(demo)
+    demo.add_argument("--mode", default="all", choices=("wrap", "copy", "move", "all"),
+                      help="which conversion mode to run (default: all three)")
+    demo.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
+                      help="passes over the 1,437 training images (default: 12)")
+    demo.add_argument("--out", default=None, metavar="DIR",
+                      help="folder for the saved .safetensors files (created if needed; "
+                           "default: a temporary folder, removed afterwards)")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seed of the model's initial weights (default: 0)")
+    _progress_option(demo)
+
+    explore = commands.add_parser(
+        "explore", help="measure each workflow under each mode and write docs/semantics.md",
+        description="Run the semantics exploration: convert-and-train, save-back-to-host and "
+                    "keep-two-copies-in-step, each under copy, move and wrap, measured with "
+                    "the transfer ledger; writes a Markdown report (and a PNG plot when "
+                    "matplotlib is installed).")
+    _device_option(explore)
+    explore.add_argument("--out", default="docs/semantics.md", metavar="FILE",
+                         help="the report to write (default: docs/semantics.md); the plot "
+                              "goes next to it")
+    _progress_option(explore)
+
+    inspect = commands.add_parser(
+        "inspect", help="print a saved model's architecture, graph id, params and sizes",
+        description="Read a .safetensors file written by ms.save and print its architecture, "
+                    "graph id, parameters and sizes, without running anything from the file.")
+    inspect.add_argument("file", metavar="FILE", help="a file written by ms.save")
+    _device_option(inspect, default=None,
+                   extra="also load the model onto this device and report it (default: only "
+                         "read the file)")
+    return parser
+
+
+def _device_option(parser: argparse.ArgumentParser, default: str | None = "auto",
+                   extra: str = "") -> None:
+    parser.add_argument(
+        "--device", default=default, metavar="SPEC",
+        help=extra or "host, cpu, sim:1, sim:2, cuda, cuda:N or auto (default: auto = cuda:0 "
+                      "when CuPy can use a GPU, else the simulated accelerator sim:1)")
+
+
+def _progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars (they go to stderr, and only to a terminal)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is outside [1, ∞)")
+    return value
+
+
+# -- commands -----------------------------------------------------------------------------
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    dev, device_line = demo.resolve_device(args.device)
+    if args.out is not None:  # fail on a bad folder now, before any training
+        demo.check_writable_dir(args.out, label="--out")
+    print(device_line, flush=True)
+    rows = demo.run_demo(
+        dev=dev, modes=args.mode, epochs=args.epochs or demo.DEFAULT_EPOCHS, out=args.out,
+        progress=args.progress, seed=args.seed, log=lambda line: print(line, flush=True))
+    print()
+    for line in demo.summary_lines(rows, kept=args.out is not None):
+        print(line)
+    return 0
+
+
+def _cmd_explore(args: argparse.Namespace) -> int:
+    import semantics
+
+    report = semantics.run(out=args.out, device=args.device, progress=args.progress,
+                           log=lambda line: print(line, flush=True))
+    print(f"wrote {report}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect_file import inspect_text
+
+    print(inspect_text(args.file).rstrip("\n"))
+    if args.device is not None:  # also prove the file loads there, and say what it cost
+        from . import io
+        from .demo import format_bytes
+        from .devices import device
+        from .transfers import track_transfers
+        from .tree import params
+
+        dev = device(args.device)
+        with track_transfers() as ledger:
+            model = io.load(args.file, device=dev)
+        print(f"loads on {dev}: {len(params(model))} params, {format_bytes(ledger.bytes)} moved "
+              "to get there")
+    return 0
+
+
+COMMANDS = {"demo": _cmd_demo, "explore": _cmd_explore, "inspect": _cmd_inspect}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as done:  # --help and --version print, then exit 0
+            return int(done.code or 0)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except (ModelSyncError, ValueError, TypeError, OSError) as exc:
+        return _fail(_one_line(exc), EXIT_ERROR)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in text:
+        text = f"{exc.filename}: {text}"
+    return text
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
