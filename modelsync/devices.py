@@ -185,10 +185,23 @@ def is_array(value: Any) -> bool:
     return module.startswith(("array_api_strict", "cupy")) and hasattr(value, "shape")
 
 
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def dtype_name(dtype: Any) -> str:
-    """A dtype's canonical short name ("float32"), whatever backend it came from."""
-    text = str(dtype)
-    return text.rsplit(".", 1)[-1]
+    """A dtype's canonical short name ("float32"), whatever backend it came from (cached:
+    conversions and sync ask it for every Param)."""
+    if isinstance(dtype, np.dtype):  # NumPy and CuPy
+        return dtype.name
+    try:  # array_api_strict dtypes (the cache holds only those: they warn if compared to NumPy's)
+        return _DTYPE_NAMES[dtype]
+    except (KeyError, TypeError):
+        name = str(dtype).rsplit(".", 1)[-1]
+        try:
+            _DTYPE_NAMES[dtype] = name
+        except TypeError:  # an unhashable dtype object: just answer
+            pass
+        return name
 
 
 def nbytes_of(array: Any) -> int:
