@@ -1,0 +1,240 @@
+"""save, load, load_into and load_optimizer: the public face of saving and loading.
+
+Every reader validates the whole file (header, metadata, architecture, every tensor's name,
+shape and dtype) before it builds or writes anything, so a bad file raises LoadError and
+never leaves a half-loaded model behind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..devices import HOST, Device, device_of, dtype_name
+from ..devices import device as to_device_spec
+from ..errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    GraphMismatchError,
+    LoadError,
+    ModelSyncError,
+    SaveError,
+)
+from ..transfers import copy_to
+from ..tree import aliases, graph_id, named_params, require_model, structure
+from .architecture import encode_model
+from .atomic import atomic_write
+from .files import check_path, load_arrays, read
+from .modelfile import (
+    ALIASES_KEY,
+    ARCHITECTURE_KEY,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    GRAPH_KEY,
+    OPTIMIZER_KEY,
+    PARAMS_KEY,
+    USER_PREFIX,
+    build_model,
+    is_modelsync,
+    read_model_file,
+)
+from .optstate import check_optimizer, decode_state, encode_state
+
+CHECKS = ("graph", "structure")
+
+
+def save(model: Any, path: Any, *, optimizer: Any = None,
+         metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``model`` (and ``optimizer``'s state, and ``metadata``) to one safetensors file.
+
+    Tensors are named by parameter path, so any safetensors reader opens the file; the
+    architecture, graph id, tie aliases and optimizer state go in the metadata. A device
+    model or a wrapper is saved from its current values. The write is atomic: on any failure
+    the previous file at ``path`` is left exactly as it was.
+    """
+    target = check_path(path)
+    require_model(model)
+    user = _check_user_metadata(metadata)
+    if optimizer is not None:
+        check_optimizer(optimizer)
+    named = named_params(model)
+    tensors: dict[str, np.ndarray] = {}
+    table: dict[str, dict[str, Any]] = {}
+    for name, param in named.items():
+        value = param.value  # a stale wrap-mode side pulls first
+        if device_of(value) != HOST:
+            value = copy_to(value, HOST, reason="save", what="param")
+        tensors[name] = np.ascontiguousarray(value)
+        table[name] = {"shape": list(param.shape), "dtype": dtype_name(param.dtype),
+                       "origin": param.origin, "name": param.name}
+    architecture = encode_model(model, {id(p): name for name, p in named.items()})
+    meta = {
+        FORMAT_KEY: FORMAT_VERSION,
+        ARCHITECTURE_KEY: _dumps(architecture),
+        PARAMS_KEY: _dumps(table),
+        ALIASES_KEY: _dumps(aliases(model)),
+        GRAPH_KEY: graph_id(model),
+    }
+    if optimizer is not None:
+        state, state_tensors = encode_state(optimizer.state_dict())
+        tensors.update(state_tensors)
+        meta[OPTIMIZER_KEY] = _dumps(state)
+    meta.update({USER_PREFIX + key: value for key, value in user.items()})
+    blob = _serialize(tensors, meta, target)
+    atomic_write(target, lambda fh: fh.write(blob))
+
+
+def load(path: Any, device: Device | str = "host") -> Any:
+    """Rebuild the model saved at ``path`` on ``device``, from registered layer types only
+    (nothing from the file is executed). Same graph id, same ties, same values."""
+    target = to_device_spec(device)
+    raw = read(path)
+    model_file = read_model_file(raw)
+    arrays = load_arrays(raw, list(model_file.params))
+    model = build_model(model_file, arrays)
+    if target != HOST:
+        params = list(named_params(model).values())
+        staged = [copy_to(p.value, target, reason="load", what="param") for p in params]
+        for param, array in zip(params, staged, strict=True):
+            param._rehome(array)
+    return model
+
+
+def load_into(model: Any, path: Any, *, check: str = "graph") -> Any:
+    """Write the Param values saved at ``path`` into ``model`` in place; returns ``model``.
+
+    ``check="graph"`` requires the file to have been saved from this model's graph (same
+    ``graph_id``); ``check="structure"`` only the same parameter paths, shapes and dtypes, and
+    also accepts a plain safetensors file from another library. All or nothing: the file is
+    validated and every device copy staged before the first Param is written.
+    """
+    require_model(model)
+    if check not in CHECKS:
+        raise ArgumentError(f"check={check!r} is not a check; expected one of {CHECKS}")
+    raw = read(path)
+    if is_modelsync(raw):
+        model_file = read_model_file(raw)
+        arrays = load_arrays(raw, list(model_file.params))
+        file_model = build_model(model_file, arrays)  # validates the whole file
+        if check == "graph":
+            _check_graph(model, file_model, raw.path)
+        stored = {name: (e.shape, e.dtype) for name, e in model_file.params.items()}
+    else:
+        if check == "graph":
+            raise LoadError(
+                f"{raw.path}: not a modelsync file (no {FORMAT_KEY!r} metadata), so it has no "
+                "graph id to check; pass check='structure' to load it by parameter names, "
+                "shapes and dtypes")
+        arrays = load_arrays(raw)
+        stored = {name: (t.shape, t.dtype) for name, t in raw.tensors.items()}
+    named = named_params(model)
+    _check_structure(named, stored, raw.path)
+    staged = [arrays[name] if p.device == HOST else
+              copy_to(arrays[name], p.device, reason="load_into", what="param")
+              for name, p in named.items()]
+    storages = [p.writable() for p in named.values()]  # any coherence pull happens here
+    for storage, array in zip(storages, staged, strict=True):
+        storage[...] = array
+    return model
+
+
+def load_optimizer(path: Any, optimizer: Any) -> Any:
+    """Restore ``optimizer``'s state from a file saved with ``ms.save(..., optimizer=opt)``;
+    the state goes to each bound Param's device. Returns ``optimizer``."""
+    check_optimizer(optimizer)
+    raw = read(path)
+    model_file = read_model_file(raw)
+    if model_file.optimizer is None:
+        raise LoadError(f"{raw.path}: the file holds no optimizer state; save it with "
+                        "ms.save(model, path, optimizer=opt)")
+    arrays = load_arrays(raw)
+    build_model(model_file, arrays)  # the whole file is checked, not just the state
+    state = decode_state(model_file.optimizer, arrays)
+    try:
+        optimizer.load_state_dict(state)
+    except (ArgumentError, ArgumentTypeError) as exc:
+        raise LoadError(f"{raw.path}: the optimizer refused the stored state: {exc}") from exc
+    except ModelSyncError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise LoadError(f"{raw.path}: the optimizer refused the stored state: "
+                        f"{type(exc).__name__}: {exc}") from exc
+    return optimizer
+
+
+def read_metadata(path: Any) -> dict[str, str]:
+    """The user metadata saved with ``ms.save(..., metadata=...)`` (reads only the header)."""
+    raw = read(path, header_only=True)
+    return {k[len(USER_PREFIX):]: v for k, v in raw.metadata.items() if k.startswith(USER_PREFIX)}
+
+
+# -- helpers ------------------------------------------------------------------------------
+def _check_user_metadata(metadata: Any) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise ArgumentTypeError(f"metadata is a {type(metadata).__name__}; expected a dict of "
+                                "str -> str")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ArgumentTypeError(
+                f"metadata[{key!r}] = {value!r}: keys and values must be str (safetensors "
+                "metadata is text); encode other values yourself, e.g. with json.dumps")
+    return dict(metadata)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _serialize(tensors: dict[str, np.ndarray], meta: dict[str, str], target: Any) -> bytes:
+    from safetensors.numpy import save as serialize
+
+    try:
+        return serialize(tensors, metadata=meta)
+    except Exception as exc:  # the library's errors have no common base we can name
+        raise SaveError(f"{target}: safetensors could not serialize the model: {exc}") from exc
+
+
+def _check_graph(model: Any, file_model: Any, where: str) -> None:
+    mine, theirs = graph_id(model), graph_id(file_model)
+    if mine == theirs:
+        return
+    hint = "pass check='structure' to load by parameter names, shapes and dtypes"
+    ours, stored = structure(model), structure(file_model)
+    for (path_a, shape_a, dtype_a), (path_b, shape_b, dtype_b) in zip(ours, stored, strict=False):
+        if path_a != path_b:
+            raise GraphMismatchError(
+                    f"{path_a}: the model has a Param here but the file has {path_b} in its place; "
+                f"the file was not saved from this model's graph; {hint}")
+        if (shape_a, dtype_a) != (shape_b, dtype_b):
+            raise GraphMismatchError(
+                f"{path_a}: model {shape_a} {dtype_a} vs file {shape_b} {dtype_b}; the file was "
+                "not saved from this model's graph")
+    if len(ours) != len(stored):
+        longer, side = (ours, "the model") if len(ours) > len(stored) else (stored, "the file")
+        raise GraphMismatchError(
+            f"{longer[min(len(ours), len(stored))][0]}: only {side} has a Param here; the file "
+            f"was not saved from this model's graph; {hint}")
+    raise GraphMismatchError(
+        f"{where}: the file's graph_id {theirs} differs from the model's {mine}: same "
+        f"structure, but the two were made as separate models; {hint}")
+
+
+def _check_structure(named: dict[str, Any], stored: dict[str, tuple[tuple[int, ...], str]],
+                     where: str) -> None:
+    for name, param in named.items():
+        if name not in stored:
+            raise GraphMismatchError(f"{name}: the model has this Param but {where} has no "
+                                     "tensor of that name")
+        shape, dtype = stored[name]
+        if (param.shape, dtype_name(param.dtype)) != (shape, dtype):
+            raise GraphMismatchError(
+                f"{name}: model {param.shape} {dtype_name(param.dtype)} vs file {shape} {dtype}")
+    extra = [name for name in stored if name not in named]
+    if extra:
+        raise GraphMismatchError(f"{extra[0]}: {where} has this tensor but the model has no "
+                                 "Param of that name")

@@ -1,0 +1,177 @@
+"""The modelsync layout inside a safetensors file: which metadata keys hold what, how they are
+written, and how a file's metadata is read back and cross-checked against its tensors.
+
+Tensors are named by parameter path (``named_params``; a tied Param is stored once), and
+optimizer arrays by ``__optim__/<path>/<name>``. The metadata (all str, as safetensors
+requires) holds the format version, the architecture, a table of Params (shape, dtype,
+origin, name), the tie aliases, the graph id, optional optimizer state and user entries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+from ..errors import LoadError
+from ..params import Param
+from ..tree import aliases, graph_id, named_params
+from . import codec
+from .architecture import LayerPlan, build, read_plan
+from .files import RawFile, parse_json
+from .shapes import check_layers
+
+FORMAT_KEY = "modelsync.format"
+FORMAT_VERSION = "1"
+ARCHITECTURE_KEY = "modelsync.architecture"
+PARAMS_KEY = "modelsync.params"
+ALIASES_KEY = "modelsync.aliases"
+GRAPH_KEY = "modelsync.graph_id"
+OPTIMIZER_KEY = "modelsync.optimizer"
+USER_PREFIX = "user."
+OPTIMIZER_PREFIX = "__optim__/"
+PARAM_DTYPES = ("float16", "float32", "float64")
+MAX_ORIGIN_CHARS = 128
+
+
+@attrs.frozen
+class ParamEntry:
+    """One stored Param as the metadata's table describes it."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    origin: str
+    name: str | None
+
+
+@attrs.frozen
+class ModelFile:
+    """A validated modelsync file: its metadata read, every tensor accounted for."""
+
+    raw: RawFile
+    plan: LayerPlan
+    params: dict[str, ParamEntry]
+    aliases: dict[str, str]
+    graph_id: str
+    optimizer: Any  # the optimizer state's tagged JSON, or None
+    user: dict[str, str]
+
+
+def is_modelsync(raw: RawFile) -> bool:
+    """Whether the file carries modelsync metadata (else it is a plain safetensors file)."""
+    return FORMAT_KEY in raw.metadata
+
+
+def read_model_file(raw: RawFile, *, require_registered: bool = True) -> ModelFile:
+    """Read and check a modelsync file's metadata against its tensors; LoadError if anything
+    is missing, malformed or inconsistent."""
+    where = raw.path
+    meta = raw.metadata
+    if FORMAT_KEY not in meta:
+        raise LoadError(f"{where}: not a modelsync file (its metadata has no {FORMAT_KEY!r}); "
+                        "a plain safetensors file can be loaded into an existing model with "
+                        "ms.load_into(model, path, check='structure')")
+    if meta[FORMAT_KEY] != FORMAT_VERSION:
+        raise LoadError(f"{where}: format version {meta[FORMAT_KEY]!r} is not supported; this "
+                        f"modelsync reads version {FORMAT_VERSION!r} (a newer modelsync may "
+                        "have written it)")
+    for key in (ARCHITECTURE_KEY, PARAMS_KEY, ALIASES_KEY, GRAPH_KEY):
+        if key not in meta:
+            raise LoadError(f"{where}: the metadata has no {key!r} entry")
+    params = _read_params(parse_json(meta[PARAMS_KEY], f"{where}: {PARAMS_KEY}"), where)
+    stored_aliases = parse_json(meta[ALIASES_KEY], f"{where}: {ALIASES_KEY}")
+    if not isinstance(stored_aliases, dict) or not all(
+            isinstance(v, str) and v in params for v in stored_aliases.values()):
+        raise LoadError(f"{where}: {ALIASES_KEY} must map paths to stored Param paths")
+    plan = read_plan(parse_json(meta[ARCHITECTURE_KEY], f"{where}: {ARCHITECTURE_KEY}"),
+                     set(params), require_registered=require_registered)
+    optimizer = None
+    optimizer_tensors: set[str] = set()
+    if OPTIMIZER_KEY in meta:
+        optimizer = parse_json(meta[OPTIMIZER_KEY], f"{where}: {OPTIMIZER_KEY}")
+
+        def note(name: str, at: str) -> None:
+            if name not in raw.tensors or name in params:
+                raise LoadError(f"{where}: optimizer state at {at} refers to tensor {name!r}, "
+                                "which is not an optimizer tensor in the file")
+            optimizer_tensors.add(name)
+
+        codec.decode(optimizer, "optimizer state", note)
+    _check_tensors(raw, params, optimizer_tensors)
+    user = {k[len(USER_PREFIX):]: v for k, v in meta.items() if k.startswith(USER_PREFIX)}
+    return ModelFile(raw, plan, params, stored_aliases, meta[GRAPH_KEY], optimizer, user)
+
+
+def _read_params(table: Any, where: str) -> dict[str, ParamEntry]:
+    if not isinstance(table, dict):
+        raise LoadError(f"{where}: {PARAMS_KEY} must be a JSON object of path -> entry")
+    out: dict[str, ParamEntry] = {}
+    for path, entry in table.items():
+        label = f"{where}: {PARAMS_KEY} {path!r}"
+        if not isinstance(entry, dict) or set(entry) != {"shape", "dtype", "origin", "name"}:
+            raise LoadError(f"{label}: expected keys dtype, name, origin and shape")
+        shape, dtype, origin, name = (entry["shape"], entry["dtype"], entry["origin"],
+                                      entry["name"])
+        if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise LoadError(f"{label}: shape {shape!r} is not a list of non-negative integers")
+        if dtype not in PARAM_DTYPES:
+            raise LoadError(f"{label}: dtype {dtype!r} is not one of {PARAM_DTYPES}")
+        if not isinstance(origin, str) or not 0 < len(origin) <= MAX_ORIGIN_CHARS:
+            raise LoadError(f"{label}: origin must be a non-empty str of at most "
+                            f"{MAX_ORIGIN_CHARS} characters")
+        if name is not None and not isinstance(name, str):
+            raise LoadError(f"{label}: name must be a str or null")
+        out[path] = ParamEntry(tuple(shape), dtype, origin, name)
+    return out
+
+
+def _check_tensors(raw: RawFile, params: dict[str, ParamEntry], optimizer_tensors: set[str]
+                   ) -> None:
+    for path, entry in params.items():
+        info = raw.tensors.get(path)
+        if info is None:
+            raise LoadError(f"{raw.path}: Param {path!r} of the architecture has no tensor in "
+                            "the file")
+        if info.shape != entry.shape or info.dtype != entry.dtype:
+            raise LoadError(f"{raw.path}: tensor {path!r} is {info.shape} {info.dtype} but the "
+                            f"architecture says {entry.shape} {entry.dtype}")
+    extra = sorted(set(raw.tensors) - set(params) - optimizer_tensors)
+    if extra:
+        raise LoadError(f"{raw.path}: tensor {extra[0]!r} is neither a Param of the "
+                        "architecture nor optimizer state"
+                        + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+
+
+def build_model(mf: ModelFile, arrays: dict[str, np.ndarray]) -> Any:
+    """The model a validated file describes, with host Params holding ``arrays``; checked to
+    give back the file's parameter paths, ties and graph id."""
+
+    def make_param(path: str) -> Param:
+        entry = mf.params[path]
+        param = Param(arrays[path], name=entry.name)
+        param.origin = entry.origin
+        return param
+
+    model = build(mf.plan, make_param)
+    where = mf.raw.path
+    check_layers(model)
+    named = list(named_params(model))
+    if named != list(mf.params):
+        raise LoadError(f"{where}: the architecture's Params ({_preview(named)}) do not match "
+                        f"the stored ones ({_preview(list(mf.params))})")
+    if aliases(model) != mf.aliases:
+        raise LoadError(f"{where}: the stored tie aliases {mf.aliases} do not match the "
+                        f"architecture's ties {aliases(model)}")
+    rebuilt = graph_id(model)
+    if rebuilt != mf.graph_id:
+        raise LoadError(f"{where}: the stored graph_id {mf.graph_id!r} does not match the one "
+                        f"the architecture and Param origins give ({rebuilt!r}): the metadata "
+                        "was edited or corrupted")
+    return model
+
+
+def _preview(paths: list[str], limit: int = 4) -> str:
+    shown = ", ".join(paths[:limit])
+    return shown + (f", ... ({len(paths)} in all)" if len(paths) > limit else "")
