@@ -185,14 +185,18 @@ def is_array(value: Any) -> bool:
     return module.startswith(("array_api_strict", "cupy")) and hasattr(value, "shape")
 
 
-_DTYPE_NAMES: dict[Any, str] = {}
+_DTYPE_NAMES: dict[Any, str] = {}  # array_api_strict dtypes
+_NUMPY_DTYPE_NAMES: dict[np.dtype, str] = {}  # NumPy's .name is computed in Python each time
 
 
 def dtype_name(dtype: Any) -> str:
     """A dtype's canonical short name ("float32"), whatever backend it came from (cached:
     conversions and sync ask it for every Param)."""
     if isinstance(dtype, np.dtype):  # NumPy and CuPy
-        return dtype.name
+        name = _NUMPY_DTYPE_NAMES.get(dtype)
+        if name is None:
+            name = _NUMPY_DTYPE_NAMES[dtype] = dtype.name
+        return name
     try:  # array_api_strict dtypes (the cache holds only those: they warn if compared to NumPy's)
         return _DTYPE_NAMES[dtype]
     except (KeyError, TypeError):

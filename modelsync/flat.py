@@ -111,11 +111,8 @@ def adopt(members: Sequence[Param], buffer: Any, grads: Sequence[Any]) -> FlatSt
 def params_on(buffer: Any, like: Sequence[Param]) -> list[Param]:
     """New Params viewing ``buffer``, one per Param of ``like`` (same shape, name, origin)."""
     store = FlatStore(buffer, [], sizes_of(like))
-    made = []
-    for p, view in zip(like, store.views([p.shape for p in like]), strict=True):
-        twin = Param(view, name=p.name)
-        twin.origin = p.origin
-        twin._store = store
-        made.append(twin)
+    where = store.device
+    made = [Param._view(view, where, name=p.name, origin=p.origin, store=store)
+            for p, view in zip(like, store.views([p.shape for p in like]), strict=True)]
     store.members = made
     return made

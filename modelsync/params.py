@@ -42,6 +42,22 @@ class Param:
         #: Identity of the Param this one was made as: kept by copies, moves and save/load.
         self.origin: str = uuid.uuid4().hex
 
+    @classmethod
+    def _view(cls, data: Any, device: Device, *, name: str | None, origin: str,
+              store: Any) -> Param:
+        """A Param over storage the library just laid out (a flat buffer's view): skips the
+        checks ``__init__`` makes of user input. Conversions make thousands of these."""
+        p = cls.__new__(cls)
+        p._data = data
+        p._grad = None
+        p._device = device
+        p._readonly = None
+        p._link = None
+        p._store = store
+        p.name = name
+        p.origin = origin
+        return p
+
     # -- reading -----------------------------------------------------------------------
     @property
     def value(self) -> Any:
