@@ -4,6 +4,7 @@ one with the numbers, the tables, the legality matrix and a plot of bytes over a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 import attrs
@@ -105,6 +106,7 @@ def _render(r: Results) -> list[str]:
         "then evaluated on the test set (which moves nothing more).",
         "",
     ]
+    lines += ["## The three modes, one page each", "", _modes_guide(), ""]
     lines += _answers(r, modes, p_bytes)
     lines += ["", "## The numbers", "", "### Workflow 1: convert and train", ""]
     lines += _table(
@@ -143,6 +145,12 @@ def _render(r: Results) -> list[str]:
     lines += _plot_section(r)
     lines += _method(r)
     return lines
+
+
+def _modes_guide() -> str:
+    """The hand-written guide to each mode (semantics/modes.md), without its edit note."""
+    text = resources.files("semantics").joinpath("modes.md").read_text(encoding="utf-8")
+    return text.split("\n", 1)[1].strip()
 
 
 def _answers(r: Results, modes: list[str], p_bytes: int) -> list[str]:
