@@ -59,9 +59,11 @@ class Link:
         p._data[...] = copy_to(other._data, p.device, reason="wrap: pull newer values")
         self.newest = BOTH
 
-    def before_write(self, p: Param) -> None:
-        """Bring ``p`` up to date, then mark it as the side about to hold the newest values."""
-        self.before_read(p)
+    def before_write(self, p: Param, *, overwrite: bool = False) -> None:
+        """Bring ``p`` up to date (unless every value is about to be replaced), then mark it
+        as the side about to hold the newest values."""
+        if not overwrite:
+            self.before_read(p)
         self.newest = self._side(p)
 
     def unlink(self) -> None:

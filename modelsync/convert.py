@@ -144,7 +144,7 @@ def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
     staged = [staging for group in _pair_groups(pairs) for staging in _stage(group)]
     for targets, storage, values in staged:
         for d in targets:
-            d.writable()  # wrap mode: this side becomes the newest
+            d.writable(overwrite=tau == 1.0)  # wrap mode: this side becomes the newest
         _write(storage, values, tau)
     return dst
 

@@ -121,13 +121,14 @@ class Param:
         self._check_compatible("assign", array, same_device=False)
         if device_of(array) != self._device:
             array = copy_to(array, self._device, reason="Param.assign")
-        self.writable()[...] = array
+        self.writable(overwrite=True)[...] = array
 
-    def writable(self) -> Any:
+    def writable(self, *, overwrite: bool = False) -> Any:
         """The storage, ready for an in-place write through the API (optimizers, sync,
-        load_into): in wrap mode this side is brought up to date and becomes the newer one."""
+        load_into): in wrap mode this side is brought up to date and becomes the newer one.
+        ``overwrite=True`` promises every value will be replaced, so no pull is needed."""
         if self._link is not None:
-            self._link.before_write(self)
+            self._link.before_write(self, overwrite=overwrite)
         return self._data
 
     def _check_compatible(self, what: str, array: Any, *, same_device: bool = True) -> None:

@@ -409,3 +409,53 @@ def test_a_moved_param_leaves_its_old_store_and_sync_still_matches():
     sgd_step(moved, *batch("host"))
     ms.sync(b, moved)
     assert_same(values(b), values(moved))
+
+
+# -- writes that replace everything skip the pull ---------------------------------------------
+def test_a_full_overwrite_of_a_stale_side_pulls_nothing():
+    original = build()
+    wrapper = ms.to_device(original, "sim:1", mode="wrap")
+    sgd_step(wrapper, *batch("sim:1"))  # the original is now stale
+    source = ms.to_host(ms.to_device(original, "sim:2"))  # same graph, on the host
+    sgd_step(source, *batch("host"))
+    with ms.track_transfers() as t:
+        ms.sync(original, source)  # host -> host, and no pull of the stale values
+    assert t.bytes == 0
+    assert_same(values(wrapper), values(source))  # the wrapper now pulls the sync's values
+    bias = ms.named_params(wrapper)["layers.1.bias"]
+    sgd_step(original, *batch("host"))  # the wrapper is stale again
+    with ms.track_transfers() as t:
+        bias.assign(np.zeros(3, dtype="float32"))
+    assert t.bytes == bias.nbytes  # the new values only, no pull first
+
+
+# -- an optimizer bound before a move ---------------------------------------------------------
+@pytest.mark.parametrize("src,dst", PAIRS)
+def test_an_optimizer_bound_before_a_move_follows_its_params(src, dst):
+    from modelsync import optim
+
+    def run(model, opt, x, y, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            ms.backprop(model, losses.cross_entropy, x, y)
+            opt.step()
+
+    reference = on(src, build(dtype="float64"))
+    moved_model = ms.to_device(reference, src if src != "host" else "host")  # same values
+    x, y = batch(src)
+    x = ms.to_device(to_numpy(x).astype("float64"), src)
+    ref_opt = optim.Adam(ms.params(reference), lr=0.01)
+    opt = optim.Adam(ms.params(moved_model), lr=0.01)
+    run(reference, ref_opt, x, y, 3)
+    run(moved_model, opt, x, y, 3)
+    moved = ms.to_device(moved_model, dst, mode="move")
+    xd, yd = ms.to_device(to_numpy(x), dst), ms.to_device(to_numpy(batch(src)[1]), dst)
+    with ms.track_transfers() as first:
+        run(moved, opt, xd, yd, 1)
+    with ms.track_transfers() as later:
+        run(moved, opt, xd, yd, 2)
+    run(reference, ref_opt, x, y, 3)
+    assert first.bytes_of("state") > 0 and first.bytes_of("param") == 0
+    assert later.bytes == 0
+    for key, got in values(moved).items():
+        np.testing.assert_allclose(got, values(reference)[key], rtol=1e-12, err_msg=key)

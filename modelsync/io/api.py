@@ -135,7 +135,8 @@ def load_into(model: Any, path: Any, *, check: str = "graph") -> Any:
     staged = [arrays[name] if p.device == HOST else
               copy_to(arrays[name], p.device, reason="load_into", what="param")
               for name, p in named.items()]
-    storages = [p.writable() for p in named.values()]  # any coherence pull happens here
+    # every value is replaced, so a wrap-mode side is marked newest without a pull
+    storages = [p.writable(overwrite=True) for p in named.values()]
     for storage, array in zip(storages, staged, strict=True):
         storage[...] = array
     return model
