@@ -17,7 +17,7 @@ from .errors import (
     SaveError,
     TransferError,
 )
-from .io import load, load_into, load_optimizer, save
+from .io import load, load_into, load_optimizer, read_metadata, save
 from .layers.base import layer
 from .params import Param
 from .train import backprop, train
@@ -31,6 +31,7 @@ __all__ = [
     "DeviceMismatchError", "GraphMismatchError", "LoadError", "ModelSyncError", "MovedError",
     "Param", "SaveError", "TransferError", "TransferLedger", "available_devices", "backprop",
     "detach", "device", "graph_id", "layer", "layers", "load", "load_into", "load_optimizer",
-    "losses", "named_params", "optim", "params", "save", "sync", "to_device", "to_host",
+    "losses", "named_params", "optim", "params", "read_metadata", "save", "sync", "to_device",
+    "to_host",
     "track_transfers", "train", "transfer_guard",
 ]

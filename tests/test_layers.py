@@ -486,3 +486,19 @@ def test_graph_id_is_per_object_not_per_architecture():
     assert ms.graph_id(model) == ms.graph_id(model)
     assert ms.graph_id(model) != ms.graph_id(make_user_model())
     assert len(ms.graph_id(model)) >= 16
+
+
+@pytest.mark.parametrize("dtype", [None, object(), "int8", np.int32])
+def test_a_non_float_dtype_is_an_argument_error(dtype):
+    for make in (lambda: layers.Dense(3, 2, dtype=dtype),
+                 lambda: layers.Embedding(3, 2, dtype=dtype),
+                 lambda: layers.LayerNorm(3, dtype=dtype)):
+        with pytest.raises(ms.ArgumentError, match="dtype="):
+            make()
+
+
+@pytest.mark.parametrize("seed,error", [("x", ms.ArgumentTypeError), (1.5, ms.ArgumentTypeError),
+                                        (True, ms.ArgumentTypeError), (-1, ms.ArgumentError)])
+def test_a_bad_seed_names_the_argument(seed, error):
+    with pytest.raises(error, match="seed="):
+        layers.Dense(3, 2, seed=seed)

@@ -22,7 +22,16 @@ def check_positive_int(argument: str, value: Any) -> int:
 
 
 def check_dtype(value: Any) -> str:
-    name = np.dtype(value).name if not isinstance(value, str) else value
+    """The float dtype's name, from a name or a NumPy dtype/type (None is not a dtype here,
+    though NumPy reads it as float64)."""
+    name = None
+    if isinstance(value, str):
+        name = value
+    elif value is not None:
+        try:
+            name = np.dtype(value).name
+        except TypeError:
+            pass
     if name not in FLOAT_DTYPES:
         raise ArgumentError(f"dtype={value!r} is not supported; expected one of {FLOAT_DTYPES}")
     return name
@@ -30,4 +39,9 @@ def check_dtype(value: Any) -> str:
 
 def generator(seed: int | None) -> np.random.Generator:
     """Layers initialise on the host from this generator (``seed=None``: fresh entropy)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise ArgumentTypeError(
+            f"seed={seed!r} is a {type(seed).__name__}; expected an int or None")
+    if seed is not None and seed < 0:
+        raise ArgumentError(f"seed={seed} is outside [0, ∞)")
     return np.random.default_rng(seed)
