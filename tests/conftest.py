@@ -39,3 +39,14 @@ def to_numpy(array) -> np.ndarray:
     import array_api_strict
 
     return np.array(array.to_device(array_api_strict.__array_namespace_info__().default_device()))
+
+
+def sgd_step(model, x, y, lr: float = 0.1) -> None:
+    """One training step through the API, as an optimizer makes it: backprop, then an
+    in-place write per Param through ``writable()``."""
+    for p in ms.params(model):
+        p.grad = None
+    ms.backprop(model, ms.losses.cross_entropy, x, y)
+    for p in ms.params(model):
+        data = p.writable()
+        data[...] = data - lr * p.grad

@@ -8,7 +8,7 @@ import weakref
 
 import numpy as np
 import pytest
-from conftest import to_numpy
+from conftest import sgd_step, to_numpy
 
 import modelsync as ms
 from modelsync import layers, losses
@@ -39,16 +39,6 @@ def values(model) -> dict[str, np.ndarray]:
 
 def param_bytes(model) -> int:
     return sum(p.nbytes for p in ms.params(model))
-
-
-def sgd_step(model, x, y, lr=0.1):
-    """One training step through the API: backprop, then an in-place write per Param."""
-    for p in ms.params(model):
-        p.grad = None
-    ms.backprop(model, losses.cross_entropy, x, y)
-    for p in ms.params(model):
-        data = p.writable()
-        data[...] = data - lr * p.grad
 
 
 def batch(spec: str, seed: int = 0, width: int = 4):

@@ -9,13 +9,13 @@ import os
 
 import numpy as np
 import pytest
-from conftest import to_numpy
+from conftest import sgd_step, to_numpy
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import modelsync as ms
-from modelsync import layers, losses
+from modelsync import layers
 
 DEVICES = ["host", "sim:1", "sim:2"]
 MODES = ["copy", "move", "wrap"]
@@ -97,19 +97,10 @@ class ConversionMachine(RuleBasedStateMachine):
         for path, p in ms.named_params(reference).items():
             p.assign(self.cells[h.cell][path])
         with ms.track_transfers() as t:
-            self._sgd(h.model, xd, yd)
+            sgd_step(h.model, xd, yd, LR)
         assert t.bytes_of("param") == 0, t.events
-        self._sgd(reference, x, y)
+        sgd_step(reference, x, y, LR)
         self.cells[h.cell] = read(reference)
-
-    @staticmethod
-    def _sgd(model, x, y) -> None:
-        for p in ms.params(model):
-            p.grad = None
-        ms.backprop(model, losses.cross_entropy, x, y)
-        for p in ms.params(model):
-            data = p.writable()
-            data[...] = data - LR * p.grad
 
     @rule(index=st.integers(0, 50), value=st.floats(-2, 2))
     def assign(self, index: int, value: float) -> None:
