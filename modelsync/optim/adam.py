@@ -30,6 +30,7 @@ class Adam(Optimizer):
     eps = restrict_range("(0, ∞)")
     hyper_names: tuple[str, ...] = ("lr", "betas", "eps")
     state_names = ("exp_avg", "exp_avg_sq")
+    numba_kernel = "adam"
 
     def __init__(self, params: Iterable[Param], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
@@ -47,6 +48,9 @@ class Adam(Optimizer):
         step_size = self.lr / (1.0 - beta1 ** step)
         bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
         return beta1, beta2, 1.0 - beta1, 1.0 - beta2, step_size, bias_correction2_sqrt
+
+    def _kernel_args(self, step: int) -> tuple[float, ...]:
+        return (*self._scalars(step), self.eps, self._decay())
 
     def _update_xp(self, data: Any, grad: Any, slot: Slot) -> None:
         beta1, beta2, omb1, omb2, step_size, bc2_sqrt = self._scalars(slot.step)

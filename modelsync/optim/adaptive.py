@@ -22,6 +22,7 @@ class RMSProp(Optimizer):
     eps = restrict_range("(0, ∞)")
     hyper_names = ("lr", "alpha", "eps")
     state_names = ("square_avg",)
+    numba_kernel = "rmsprop"
 
     def __init__(self, params: Iterable[Param], lr: float = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8) -> None:
@@ -29,6 +30,9 @@ class RMSProp(Optimizer):
         self.alpha = alpha
         self.eps = eps
         super().__init__(params)
+
+    def _kernel_args(self, step: int) -> tuple[float, ...]:
+        return (self.alpha, 1.0 - self.alpha, self.lr, self.eps)
 
     def _update_xp(self, data: Any, grad: Any, slot: Slot) -> None:
         v = self.alpha * slot.arrays[0] + (1.0 - self.alpha) * grad * grad
@@ -64,11 +68,15 @@ class AdaGrad(Optimizer):
     eps = restrict_range("(0, ∞)")
     hyper_names = ("lr", "eps")
     state_names = ("sum",)
+    numba_kernel = "adagrad"
 
     def __init__(self, params: Iterable[Param], lr: float = 1e-2, eps: float = 1e-10) -> None:
         self.lr = lr
         self.eps = eps
         super().__init__(params)
+
+    def _kernel_args(self, step: int) -> tuple[float, ...]:
+        return (self.lr, self.eps)
 
     def _update_xp(self, data: Any, grad: Any, slot: Slot) -> None:
         s = slot.arrays[0] + grad * grad

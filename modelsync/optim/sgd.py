@@ -18,10 +18,14 @@ class SGD(Optimizer):
 
     lr = restrict_range("[0, ∞)")
     hyper_names = ("lr",)
+    numba_kernel = "sgd"
 
     def __init__(self, params: Iterable[Param], lr: float) -> None:
         self.lr = lr
         super().__init__(params)
+
+    def _kernel_args(self, step: int) -> tuple[float, ...]:
+        return (self.lr,)
 
     def _update_xp(self, data: Any, grad: Any, slot: Slot) -> None:
         data -= self.lr * grad
@@ -46,11 +50,15 @@ class Momentum(Optimizer):
     hyper_names = ("lr", "momentum")
     state_names = ("momentum_buffer",)
     nesterov = False
+    numba_kernel = "momentum"
 
     def __init__(self, params: Iterable[Param], lr: float, momentum: float = 0.9) -> None:
         self.lr = lr
         self.momentum = momentum
         super().__init__(params)
+
+    def _kernel_args(self, step: int) -> tuple[float | bool, ...]:
+        return (self.momentum, self.lr, step == 1)
 
     def _update_xp(self, data: Any, grad: Any, slot: Slot) -> None:
         mu = self.momentum
@@ -96,3 +104,4 @@ class Nesterov(Momentum):
     ``b`` as in Momentum, then ``p -= lr * (g + momentum * b)``."""
 
     nesterov = True
+    numba_kernel = "nesterov"
