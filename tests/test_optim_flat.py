@@ -373,3 +373,52 @@ def test_a_flat_training_step_moves_no_bytes(mode):
                 p.grad = g
             opt.step()
     assert ledger.count == 0 and opt.parts[-1].flat_groups == 1
+
+
+FORK_AFTER_PARALLEL_STEP = """
+import os, numpy as np
+import modelsync as ms
+from modelsync import optim
+p = ms.Param(np.ones(300_000, dtype=np.float32))
+p.grad = np.ones(300_000, dtype=np.float32)
+opt = optim.Adam([p])
+opt.step()  # large enough for the parallel loop
+pid = os.fork()
+if pid == 0:
+    opt.step()
+    os._exit(0 if abs(float(p.value[0]) - 0.998) < 1e-6 else 3)
+_, status = os.waitpid(pid, 0)
+raise SystemExit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not HAS_NUMBA or not hasattr(__import__("os"), "fork"),
+                    reason="needs numba and os.fork")
+def test_a_child_forked_after_a_parallel_step_can_step():
+    # GNU OpenMP aborts a forked child that enters a parallel region; the child must fall
+    # back to the serial loop instead of dying
+    done = subprocess.run([sys.executable, "-c", FORK_AFTER_PARALLEL_STEP], timeout=120,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_empty_and_float16_params_in_a_flat_run(dtype):
+    shapes = [(0,), (3, 2), (2, 0), (), (4,)]
+    ps = ms.params(flat_model("host", dtype, shapes))
+    opt = optim.Adam(ps, lr=0.01)
+    got = train(opt, ps, 4)
+    assert opt.flat_groups == 1
+    single_ps = ms.params(per_param_model("host", dtype, shapes))
+    assert_same(got, train(optim.Adam(single_ps, lr=0.01), single_ps, 4))
+
+
+def test_asking_for_numba_without_it_warns_and_uses_numpy(monkeypatch):
+    monkeypatch.setattr(kernels, "_loaded", {"numba": None})
+    monkeypatch.setattr(kernels, "_why", {"numba": "ModuleNotFoundError: no numba"})
+    monkeypatch.setenv(kernels.ENV, "numba")
+    with pytest.warns(RuntimeWarning, match="no numba"):
+        assert kernels.host_kernels() is None
+    ps = ms.params(flat_model("host"))
+    with pytest.warns(RuntimeWarning):
+        train(optim.SGD(ps, lr=0.1), ps, 2)

@@ -10,6 +10,7 @@ Imported only by `modelsync.kernels.host_kernels`, never at ``import modelsync``
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,20 @@ PARALLEL_MIN = 1 << 16
 #: Parallel loops run one at a time: numba's thread pools are not all safe to enter from
 #: two Python threads at once, and the loop already uses every core.
 _PARALLEL_LOCK = threading.Lock()
+#: ``parallel``: a parallel loop ran in this process; ``forked``: this process was forked
+#: after that, and GNU OpenMP (numba's usual thread pool) aborts a forked child that enters
+#: a parallel region, so such a child runs the serial loops.
+_STATE = {"parallel": False, "forked": False}
+
+
+def _after_fork_in_child() -> None:
+    global _PARALLEL_LOCK
+    _PARALLEL_LOCK = threading.Lock()  # a lock held by another thread at the fork stays held
+    if _STATE["parallel"]:
+        _STATE["forked"] = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @njit(inline="always")
@@ -158,6 +173,10 @@ def loop(name: str, size: int) -> Callable[..., None]:
         return serial
 
     def run(*args: Any) -> None:
+        if _STATE["forked"]:
+            serial(*args)
+            return
+        _STATE["parallel"] = True
         with _PARALLEL_LOCK:
             parallel(*args)
 
