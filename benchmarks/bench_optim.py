@@ -32,12 +32,13 @@ class Bag:
 
 def interleaved(fns: dict[str, Callable[[], object]], *, repeat: int, number: int = 1
                 ) -> dict[str, float]:
-    """Best seconds per call of each function, timed in turns (after one warm-up each)."""
-    for fn in fns.values():
-        fn()
+    """Best seconds per call of each function, timed in turns. Each turn starts with one
+    untimed call: torch's and numba's OpenMP thread pools each keep spinning for a while
+    after their last parallel loop, and that call lets the previous turn's pool go quiet."""
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeat):
         for name, fn in fns.items():
+            fn()
             start = time.perf_counter()
             for _ in range(number):
                 fn()

@@ -14,6 +14,9 @@ import attrs
 import numpy as np
 import pytest
 from conftest import to_numpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from test_optim import RULES, gradient, reference
 
 import modelsync as ms
@@ -111,6 +114,25 @@ def test_flat_float32_equals_per_param(dev, rule):
     flat_ps = ms.params(flat_model(dev, "float32"))
     single_ps = ms.params(per_param_model(dev, "float32"))
     assert_same(train(make(flat_ps), flat_ps, STEPS), train(make(single_ps), single_ps, STEPS))
+
+
+@settings(max_examples=40)
+@given(shapes=st.lists(hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=5),
+                       min_size=2, max_size=6),
+       rule=st.sampled_from(sorted(RULES)), large=st.integers(1, 12),
+       skips=st.dictionaries(st.integers(1, 6), st.sets(st.integers(0, 5), max_size=2),
+                             max_size=2))
+def test_any_layout_and_missing_gradients_match_per_param(shapes, rule, large, skips):
+    make, _ = RULES[rule]
+    old = flatgroup.LARGE
+    flatgroup.LARGE = large
+    try:
+        flat_ps = ms.params(flat_model("host", shapes=shapes))
+        got = train(make(flat_ps), flat_ps, 6, skip=skips)
+    finally:
+        flatgroup.LARGE = old
+    single_ps = ms.params(per_param_model("host", shapes=shapes))
+    assert_same(got, train(make(single_ps), single_ps, 6, skip=skips))
 
 
 def test_large_params_take_their_own_gradient_without_a_gather():

@@ -47,6 +47,10 @@ def host_kernels() -> ModuleType | None:
         except Exception as exc:  # not installed, or broken: the NumPy path still works
             _loaded["numba"] = None
             _why["numba"] = f"{type(exc).__name__}: {exc}"
+            missing = isinstance(exc, ImportError) and getattr(exc, "name", "") == "numba"
+            if not missing and wanted == "auto":  # installed but unusable: say so, once
+                warnings.warn(f"numba is installed but cannot be used ({_why['numba']}); "
+                              "the optimizers use NumPy", RuntimeWarning, stacklevel=2)
         else:
             _loaded["numba"] = _numba
     module = _loaded["numba"]
