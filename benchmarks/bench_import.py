@@ -51,6 +51,10 @@ print(json.dumps({"first": first, "second": second, "backend": kernels.backend()
 """
 
 
+def seconds(value: float) -> str:
+    return f"{value:.3f} s" if value >= 0.1 else f"{value * 1e3:.1f} ms"
+
+
 def fresh(code: str, env: dict[str, str] | None = None) -> dict:
     """Run ``code`` in a new interpreter and return the JSON it prints."""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -72,13 +76,13 @@ def first_step_rows(size: int, label: str, repeat: int) -> list[str]:
     numpy = best(code, "first", repeat, {"MODELSYNC_KERNELS": "numpy"})
     return [
         f"| first Adam step, {label}, numba cache empty (first run after install) | "
-        f"{cold['first']:.3f} s | reported | {cold['backend']}; second step "
+        f"{seconds(cold['first'])} | reported | {cold['backend']}; second step "
         f"{cold['second'] * 1e6:.0f} µs |",
         f"| first Adam step, {label}, numba cache filled (every later run) | "
-        f"{warm['first']:.3f} s | reported | {warm['backend']}; second step "
+        f"{seconds(warm['first'])} | reported | {warm['backend']}; second step "
         f"{warm['second'] * 1e6:.0f} µs |",
         f"| first Adam step, {label}, MODELSYNC_KERNELS=numpy | "
-        f"{numpy['first']:.3f} s | reported | {numpy['backend']}; second step "
+        f"{seconds(numpy['first'])} | reported | {numpy['backend']}; second step "
         f"{numpy['second'] * 1e6:.0f} µs |",
     ]
 
@@ -88,7 +92,7 @@ def run(repeat: int) -> list[str]:
     if imported["numba"] or imported["kernels"]:
         raise SystemExit("import modelsync imported numba: the kernels must load lazily")
     lines = [f"| import modelsync (fresh interpreter, best of {repeat}) | "
-             f"{imported['seconds']:.3f} s | no compiling at import | numba imported: "
+             f"{seconds(imported['seconds'])} | no compiling at import | numba imported: "
              f"{imported['numba']} |"]
     lines += first_step_rows(0, "demo MLP (serial loop)", repeat)
     lines += first_step_rows(10**6, "1e6 float32 in 4 arrays (parallel loop)", repeat)

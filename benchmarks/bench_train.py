@@ -64,12 +64,12 @@ def torch_epochs() -> dict[str, Callable[[], list[float]]]:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Best seconds per call of each function, timed in turns (after one warm-up each)."""
-    for fn in fns.values():
-        fn()
+    """Best seconds per call of each function, timed in turns, each turn after one untimed
+    call (so the other library's OpenMP threads have stopped spinning)."""
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeat):
         for name, fn in fns.items():
+            fn()
             start = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - start)
