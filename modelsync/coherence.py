@@ -15,6 +15,8 @@ from typing import Any
 import attrs
 import numpy as np
 
+from . import flat
+from .devices import device_of
 from .errors import CoherenceError
 from .params import Param
 from .transfers import copy_to
@@ -85,14 +87,38 @@ class Wrapping:
     links: list[Link]
 
     def write_back(self) -> None:
-        """Bring every original Param up to date with its twin."""
-        for link in self.links:
+        """Bring every original Param up to date with its twin: one transfer per twin store
+        whose members are all newer (the usual case after training), else one per Param."""
+        stale = [link for link in self.links if link.newest == TWIN]
+        for link in _pull_whole_stores(stale) if len(stale) > 1 else stale:
             link.before_read(link.original)
 
     def release(self) -> None:
         self.write_back()
         for link in self.links:
             link.unlink()
+
+
+def _pull_whole_stores(stale: list[Link]) -> list[Link]:
+    """Pull each twin store whose every member is stale on the original side in one
+    transfer, scattering it into the originals; return the links left to pull one by one."""
+    by_store: dict[int, list[Link]] = {}
+    for link in stale:
+        by_store.setdefault(id(link.twin._store), []).append(link)
+    left: list[Link] = []
+    for links in by_store.values():
+        store = flat.intact_store([link.twin for link in links])
+        targets = {link.original.device for link in links}
+        if store is None or len(targets) != 1:
+            left.extend(links)
+            continue
+        buffer = copy_to(store.buffer, targets.pop(), reason="wrap: pull newer values")
+        xp = device_of(buffer).xp
+        for link, offset, size in zip(links, store.offsets, store.sizes, strict=True):
+            link.original._data[...] = xp.reshape(buffer[offset:offset + size],
+                                                  link.original.shape)
+            link.newest = BOTH
+    return left
 
 
 _wrappings: dict[int, Wrapping] = {}

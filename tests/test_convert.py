@@ -201,6 +201,7 @@ def test_detach_writes_back_then_cuts_the_link(src, dst):
     with ms.track_transfers() as t:
         assert ms.detach(wrapper) is wrapper
     assert t.bytes == param_bytes(original)  # the pending update, written back once
+    assert t.count == 1  # the twins' flat buffer, in one transfer
     assert_same(values(original), trained)
     sgd_step(wrapper, x, y)  # now an independent copy
     assert_same(values(original), trained)
