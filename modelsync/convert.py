@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,16 @@ from .devices import HOST, Device, device, device_of, dtype_name, is_array
 from .errors import ArgumentError, ArgumentTypeError, CoherenceError, GraphMismatchError
 from .params import Param
 from .transfers import copy_to, to_device_array
-from .tree import graph_id, is_layer, mark_moved, param_paths, params, rebuild, require_model
+from .tree import (
+    graph_id,
+    is_layer,
+    mark_moved,
+    param_paths,
+    params,
+    rebuild,
+    require_model,
+    structure_epoch,
+)
 
 MODES = ("copy", "move", "wrap")
 CHECKS = ("graph", "structure")
@@ -139,9 +149,14 @@ def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
     require_model(src, "src")
     if dst is src:
         raise ArgumentError("sync: dst and src are the same model; there is nothing to copy")
-    pairs = _matched_pairs(dst, src, check)
+    groups, ties = _sync_plan(dst, src, check)
+    for first, path, kept, other in ties:
+        if not _equal(kept, other):
+            raise GraphMismatchError(
+                f"{first} and {path}: dst ties them to one Param but src holds two Params with "
+                "different values there; untie dst or sync from a model with the same ties")
     # Stage every value on dst's device first: a failed transfer leaves dst unchanged.
-    staged = [staging for group in _pair_groups(pairs) for staging in _stage(group)]
+    staged = [staging for group in groups for staging in _stage(group)]
     for targets, storage, values in staged:
         for d in targets:
             d.writable(overwrite=tau == 1.0)  # wrap mode: this side becomes the newest
@@ -157,8 +172,10 @@ def _check_tau(tau: Any) -> float:
     return float(tau)
 
 
-def _matched_pairs(dst: Any, src: Any, check: str) -> list[tuple[Param, Param]]:
-    """Each distinct dst Param with the src Param at its place, after every check passes.
+def _matched_pairs(dst: Any, src: Any, check: str
+                   ) -> tuple[list[tuple[Param, Param]], list[tuple[str, str, Param, Param]]]:
+    """Each distinct dst Param with the src Param at its place, after every check passes, and
+    the places where dst ties two paths that src holds as two Params.
 
     The graph check compares, place by place, the Params' origins (what graph_id is made of)
     instead of hashing both trees: the same answer as comparing graph ids, in one pass.
@@ -182,15 +199,37 @@ def _matched_pairs(dst: Any, src: Any, check: str) -> list[tuple[Param, Param]]:
             f"(graph_id {graph_id(dst)[:12]}… vs {graph_id(src)[:12]}…) — pass "
             "check=\"structure\" to sync by shape")
     chosen: dict[int, tuple[str, Param, Param]] = {}
+    ties: list[tuple[str, str, Param, Param]] = []
     for (path, dp), (_, sp) in zip(dst_paths, src_paths, strict=False):
         seen = chosen.get(id(dp))
         if seen is None:
             chosen[id(dp)] = (path, dp, sp)
-        elif seen[2] is not sp and not _equal(seen[2], sp):
-            raise GraphMismatchError(
-                f"{seen[0]} and {path}: dst ties them to one Param but src holds two Params with "
-                "different values there; untie dst or sync from a model with the same ties")
-    return [(dp, sp) for _, dp, sp in chosen.values()]
+        elif seen[2] is not sp:
+            ties.append((seen[0], path, seen[2], sp))  # their values must agree at each sync
+    return [(dp, sp) for _, dp, sp in chosen.values()], ties
+
+
+Plan = tuple[list[list[tuple[Param, Param]]], list[tuple[str, str, Param, Param]]]
+_PLAN_CACHE_SIZE = 64
+_plans: dict[tuple[int, int, str], tuple[int, Any, Any, Plan]] = {}
+
+
+def _sync_plan(dst: Any, src: Any, check: str) -> Plan:
+    """The checked pairs of a sync, grouped by dtype, and the ties whose values must agree;
+    reused while neither tree has changed (see tree.structure_epoch)."""
+    key = (id(dst), id(src), check)
+    entry = _plans.get(key)
+    epoch = structure_epoch(dst, src)
+    if entry is not None and epoch is not None and entry[0] == epoch \
+            and entry[1]() is dst and entry[2]() is src:
+        return entry[3]
+    pairs, ties = _matched_pairs(dst, src, check)
+    plan = (_pair_groups(pairs), ties)
+    if epoch is not None:
+        if len(_plans) >= _PLAN_CACHE_SIZE:
+            _plans.pop(next(iter(_plans)))
+        _plans[key] = (epoch, weakref.ref(dst), weakref.ref(src), plan)
+    return plan
 
 
 def _describe(p: Param) -> str:

@@ -24,6 +24,48 @@ _REGISTRY: dict[str, type] = {}
 _LAYER_TYPES: set[type] = set()  # the registered classes, for an O(1) is_layer
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # each layer class's attrs field names
 
+# -- structure epoch ------------------------------------------------------------------------
+# Walking a tree is most of what a sync or an optimizer's construction costs on a model of
+# many small Params, so walks are cached. A cached walk is valid until *any* layer field is
+# assigned or any TrackedList is changed anywhere (both bump this counter): coarse, but it
+# cannot go stale. Trees holding plain lists (which cannot be watched) are never cached.
+_epoch = 0
+
+
+def _bump() -> None:
+    global _epoch
+    _epoch += 1
+
+
+def _tracking_setattr(original: Any) -> Any:
+    def __setattr__(self: Any, name: str, value: Any) -> None:  # noqa: N807
+        _bump()
+        original(self, name, value)
+
+    __setattr__.__ms_tracking__ = True
+    return __setattr__
+
+
+def _mutator(name: str) -> Any:
+    method = getattr(list, name)
+
+    def changed(self: TrackedList, *args: Any, **kwargs: Any) -> Any:
+        _bump()
+        return method(self, *args, **kwargs)
+
+    changed.__name__ = name
+    return changed
+
+
+class TrackedList(list):
+    """A list whose changes invalidate cached tree walks (layers hold their children in one,
+    e.g. ``Chain.layers``); otherwise an ordinary list."""
+
+    for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend",
+                  "insert", "pop", "remove", "clear", "sort", "reverse"):
+        locals()[_name] = _mutator(_name)
+    del _name
+
 
 def register_layer(cls: type, name: str | None = None) -> type:
     """Record ``cls`` under ``name`` (default: its class name) so `ms.load` can rebuild it."""
@@ -35,6 +77,8 @@ def register_layer(cls: type, name: str | None = None) -> type:
             f"layer name {key!r} is already registered for "
             f"{known.__module__}.{known.__qualname__}; "
             f"pass @ms.layer(name=...) to register {cls.__qualname__} under another name")
+    if not getattr(cls.__setattr__, "__ms_tracking__", False):
+        cls.__setattr__ = _tracking_setattr(cls.__setattr__)
     if known is not None:
         _LAYER_TYPES.discard(known)
     _REGISTRY[key] = cls
@@ -86,34 +130,81 @@ def require_model(model: Any, argument: str = "model") -> None:
 
 
 # -- traversal ----------------------------------------------------------------------------
+_CACHE_SIZE = 256
+_walks: dict[int, tuple[int, Any, list[tuple[str, Any]], list[tuple[str, Param]]]] = {}
+
+
 def walk(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Every (path, node) below ``model`` depth-first, Params and layers, repeats included."""
+    """Every (path, node) below ``model`` depth-first, Params and layers, repeats included.
+    (The list may be shared with a cache: do not change it.)"""
+    if prefix:
+        found: list[tuple[str, Any]] = []
+        _walk_layer(model, prefix, found, [True])
+        return found
+    return _cached_walk(model)[0]
+
+
+def param_paths(model: Any) -> list[tuple[str, Param]]:
+    """Every (path, Param) pair, a tied Param once per place it is used (do not change it)."""
+    return _cached_walk(model)[1]
+
+
+def _cached_walk(model: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Param]]]:
+    entry = _walks.get(id(model))
+    if entry is not None and entry[0] == _epoch and entry[1]() is model:
+        return entry[2], entry[3]
     found: list[tuple[str, Any]] = []
-    _walk_layer(model, prefix, found)
-    return found
+    watchable = [True]
+    _walk_layer(model, "", found, watchable)
+    with_params = [(path, node) for path, node in found if type(node) is Param]
+    if watchable[0]:
+        key = id(model)
+        try:  # the entry goes when the model does (it holds the model's nodes, not the model)
+            ref = weakref.ref(model, lambda dead, key=key: _evict(key, dead))
+        except TypeError:
+            return found, with_params
+        if len(_walks) >= _CACHE_SIZE:
+            _walks.pop(next(iter(_walks)))
+        _walks[id(model)] = (_epoch, ref, found, with_params)
+    return found, with_params
 
 
-def _walk_layer(node: Any, prefix: str, found: list[tuple[str, Any]]) -> None:
+def structure_epoch(*models: Any) -> int | None:
+    """The structure epoch if every model's walk is cached (so a plan made from them stays
+    valid while the epoch does), else None."""
+    for model in models:
+        entry = _walks.get(id(model))
+        if entry is None or entry[0] != _epoch or entry[1]() is not model:
+            return None
+    return _epoch
+
+
+def _evict(key: int, dead: Any) -> None:
+    entry = _walks.get(key)
+    if entry is not None and entry[1] is dead:
+        del _walks[key]
+
+
+def _walk_layer(node: Any, prefix: str, found: list[tuple[str, Any]], watchable: list[bool]
+                ) -> None:
     for name in field_names(type(node)):
-        _walk_value(getattr(node, name), prefix + name, found)
+        _walk_value(getattr(node, name), prefix + name, found, watchable)
 
 
-def _walk_value(value: Any, path: str, found: list[tuple[str, Any]]) -> None:
+def _walk_value(value: Any, path: str, found: list[tuple[str, Any]], watchable: list[bool]
+                ) -> None:
     kind = type(value)
     if kind is Param:
         found.append((path, value))
     elif kind in _LAYER_TYPES:
         found.append((path, value))
-        _walk_layer(value, path + ".", found)
+        _walk_layer(value, path + ".", found, watchable)
     elif (kind is list or kind is tuple or isinstance(value, (list, tuple))) and value \
             and is_container(value):
+        if kind is not tuple and kind is not TrackedList:
+            watchable[0] = False  # a plain list can change unseen: do not cache this tree
         for i, item in enumerate(value):
-            _walk_value(item, f"{path}.{i}", found)
-
-
-def param_paths(model: Any) -> list[tuple[str, Param]]:
-    """Every (path, Param) pair, a tied Param once per place it is used."""
-    return [(path, node) for path, node in walk(model) if type(node) is Param]
+            _walk_value(item, f"{path}.{i}", found, watchable)
 
 
 class ParamList(list):

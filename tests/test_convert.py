@@ -450,3 +450,15 @@ def test_an_optimizer_bound_before_a_move_follows_its_params(src, dst):
     assert later.bytes == 0
     for key, got in values(moved).items():
         np.testing.assert_allclose(got, values(reference)[key], rtol=1e-12, err_msg=key)
+
+
+def test_tied_values_are_checked_at_every_sync_not_only_the_first():
+    dst = build_tied()
+    src = layers.Chain(layers.Dense(5, 5, "tanh", seed=3), layers.Dense(5, 5, seed=4))
+    src.layers[1].weight.assign(src.layers[0].weight.value)
+    ms.sync(dst, src, check="structure")  # equal values: fine, and the plan is cached
+    src.layers[1].weight.assign(np.zeros((5, 5), dtype="float32"))
+    before = values(dst)
+    with pytest.raises(ms.GraphMismatchError, match=r"layers\.0\.weight and layers\.1\.weight"):
+        ms.sync(dst, src, check="structure")
+    assert_same(values(dst), before)

@@ -327,3 +327,61 @@ def test_rebuild_keeps_namedtuple_containers() -> None:
     rebuilt = tree.rebuild(model, _same_origin)
     assert type(rebuilt.pair) is Pair
     assert ms.graph_id(rebuilt) == ms.graph_id(model)
+
+
+# -- cached walks --------------------------------------------------------------------------------
+def _chain():
+    return layers.Chain(layers.Dense(3, 4, seed=0), layers.Dense(4, 2, seed=1))
+
+
+def test_a_walk_is_cached_until_the_tree_changes():
+    model = _chain()
+    assert tree.walk(model) is tree.walk(model)
+    first = tree.walk(model)
+    model.layers[1].bias = Param(np.zeros(2, dtype="float32"))  # a field assignment
+    assert tree.walk(model) is not first
+    assert ms.named_params(model)["layers.1.bias"] is model.layers[1].bias
+
+
+def test_changing_a_chain_in_place_is_seen():
+    model = _chain()
+    assert len(ms.params(model)) == 4
+    model.layers.append(layers.Dense(2, 2))
+    assert len(ms.params(model)) == 6
+    model.layers[0] = layers.Dense(3, 4, bias=False)
+    assert len(ms.params(model)) == 5
+    del model.layers[2]
+    assert list(ms.named_params(model)) == ["layers.0.weight", "layers.1.weight", "layers.1.bias"]
+
+
+@ms.layer
+class TreeTestPlainList:
+    parts: list
+
+
+def test_a_tree_with_a_plain_list_is_walked_afresh_every_time():
+    model = TreeTestPlainList([layers.Dense(2, 2)])
+    assert tree.walk(model) is not tree.walk(model)
+    model.parts.append(layers.Dense(2, 2))  # a plain list: no event, so no cache to go stale
+    assert len(ms.params(model)) == 4
+
+
+def test_a_changed_tree_is_checked_again_by_sync():
+    a = _chain()
+    b = ms.to_device(a, "sim:1")
+    ms.sync(b, a)
+    b.layers[1] = layers.Dense(4, 3)
+    with pytest.raises(ms.GraphMismatchError, match="layers.1.weight"):
+        ms.sync(b, a, check="structure")
+
+
+def test_the_cache_does_not_keep_a_dropped_model_alive():
+    import gc
+    import weakref
+
+    model = _chain()
+    tree.walk(model)
+    watched = weakref.ref(model.layers[0].weight)
+    del model
+    gc.collect()
+    assert watched() is None

@@ -17,7 +17,15 @@ import attrs
 
 from ..errors import LoadError, SaveError
 from ..params import Param
-from ..tree import construct, is_container, is_layer, layer_fields, layer_name, registered_layer
+from ..tree import (
+    TrackedList,
+    construct,
+    is_container,
+    is_layer,
+    layer_fields,
+    layer_name,
+    registered_layer,
+)
 from ..tree import static_config as layer_config
 from . import codec
 
@@ -60,11 +68,11 @@ def _encode_child(value: Any, path: str, param_path: dict[int, str], seen: dict[
         seen[id(value)] = path
         return encoded
     if is_container(value):
-        if type(value) not in (list, tuple):
+        if type(value) not in (list, tuple, TrackedList):
             raise SaveError(
                 f"{path}: a {type(value).__qualname__} of layers or Params cannot be rebuilt by "
                 "ms.load (only list and tuple containers can); hold them in a list or tuple")
-        kind = "tuple" if type(value) is tuple else "list"
+        kind = "tuple" if type(value) is tuple else "list"  # a TrackedList is a list
         return {kind: [_encode_item(item, f"{path}.{i}", param_path, seen)
                        for i, item in enumerate(value)]}
     raise SaveError(f"{path}: a {type(value).__name__} is neither a Param, a layer nor "
@@ -230,7 +238,7 @@ class _Builder:
             return self.layers[plan.path]
         if isinstance(plan, Container):
             items = [self.node(item) for item in plan.items]
-            return tuple(items) if plan.kind == "tuple" else items
+            return tuple(items) if plan.kind == "tuple" else TrackedList(items)
         return plan.value  # Value
 
 

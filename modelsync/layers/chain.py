@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from ..tree import TrackedList
 from .base import Context, layer
 
 
@@ -19,8 +20,8 @@ class Chain:
     def __init__(self, *layers: Any) -> None:
         from .activations import as_layer
 
-        self.__attrs_init__(
-            [as_layer(item, f"Chain argument {i}") for i, item in enumerate(layers)])
+        self.__attrs_init__(TrackedList(
+            as_layer(item, f"Chain argument {i}") for i, item in enumerate(layers)))
 
     def forward(self, x: Any, ctx: Context) -> tuple[Any, Any]:
         pullbacks = []
