@@ -43,8 +43,12 @@ class FlatStore:
 
     def views(self, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
         """Each member's slice of the buffer, reshaped."""
+        buffer = self.buffer
+        if hasattr(buffer, "reshape"):  # NumPy and CuPy: the method skips a Python wrapper
+            return [buffer[o:o + n].reshape(shape)
+                    for o, n, shape in zip(self.offsets, self.sizes, shapes, strict=True)]
         xp = self.device.xp
-        return [xp.reshape(self.buffer[o:o + n], shape)
+        return [xp.reshape(buffer[o:o + n], shape)
                 for o, n, shape in zip(self.offsets, self.sizes, shapes, strict=True)]
 
 

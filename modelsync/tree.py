@@ -294,22 +294,32 @@ def rebuild(model: Any, on_param: Callable[[Param], Param], memo: dict[int, Any]
     return _rebuild_value(model, on_param, memo)
 
 
+_PLAIN = frozenset({int, float, str, bool, type(None)})  # configuration kept as it is
+
+
 def _rebuild_value(value: Any, on_param: Callable[[Param], Param], memo: dict[int, Any]) -> Any:
-    if isinstance(value, Param) or is_layer(value):
+    # (type checks by identity first: this runs once per node of every conversion)
+    kind = type(value)
+    if kind is Param or kind in _LAYER_TYPES:
         key = id(value)
-        if key not in memo:
-            memo[key] = (on_param(value) if isinstance(value, Param)
-                         else _rebuild_layer(value, on_param, memo))
-        return memo[key]
-    if is_container(value):
+        made = memo.get(key)
+        if made is None:
+            if kind is Param:
+                made = on_param(value)
+            else:  # a layer, made like construct() does, field by field
+                made = kind.__new__(kind)
+                for name in field_names(kind):
+                    field = getattr(value, name)
+                    if type(field) not in _PLAIN:
+                        field = _rebuild_value(field, on_param, memo)
+                    object.__setattr__(made, name, field)
+            memo[key] = made
+        return made
+    if (kind is TrackedList or kind is list or kind is tuple
+            or isinstance(value, (list, tuple))) and value and is_container(value):
         items = [_rebuild_value(v, on_param, memo) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+        return kind(*items) if hasattr(value, "_fields") else kind(items)
     return value
-
-
-def _rebuild_layer(node: Any, on_param: Callable[[Param], Param], memo: dict[int, Any]) -> Any:
-    fields = {name: _rebuild_value(value, on_param, memo) for name, value in layer_fields(node)}
-    return construct(type(node), fields)
 
 
 def construct(cls: type, fields: dict[str, Any]) -> Any:
