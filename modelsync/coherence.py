@@ -23,6 +23,7 @@ from .transfers import copy_to
 from .tree import params
 
 BOTH, ORIGINAL, TWIN = "both", "original", "twin"
+_collecting = False  # True while a collected wrapper is being detached (see _forget)
 
 
 class Link:
@@ -58,7 +59,8 @@ class Link:
         if self.newest == BOTH or self.newest == self._side(p):
             return
         other = self.twin if p is self.original else self.original
-        p._data[...] = copy_to(other._data, p.device, reason="wrap: pull newer values")
+        p._data[...] = copy_to(other._data, p.device, reason="wrap: pull newer values",
+                               guarded=not _collecting)
         self.newest = BOTH
 
     def before_write(self, p: Param, *, overwrite: bool = False) -> None:
@@ -94,7 +96,12 @@ class Wrapping:
             link.before_read(link.original)
 
     def release(self) -> None:
+        """Bring both sides up to date (pending device updates to the original, pending
+        original writes to the twin), then cut every link. A failed transfer raises before
+        any link is cut, so the wrapper can be detached again."""
         self.write_back()
+        for link in self.links:
+            link.before_read(link.twin)
         for link in self.links:
             link.unlink()
 
@@ -112,7 +119,8 @@ def _pull_whole_stores(stale: list[Link]) -> list[Link]:
         if store is None or len(targets) != 1:
             left.extend(links)
             continue
-        buffer = copy_to(store.buffer, targets.pop(), reason="wrap: pull newer values")
+        buffer = copy_to(store.buffer, targets.pop(), reason="wrap: pull newer values",
+                         guarded=not _collecting)
         xp = device_of(buffer).xp
         for link, offset, size in zip(links, store.offsets, store.sizes, strict=True):
             link.original._data[...] = xp.reshape(buffer[offset:offset + size],
@@ -139,7 +147,15 @@ def register_wrapper(wrapper: Any, wrapping: Wrapping) -> None:
 def _forget(key: int, wrapping: Wrapping) -> None:
     if _wrappings.get(key) is wrapping:
         del _wrappings[key]
-        wrapping.release()
+        # Collected inside a transfer_guard("disallow") block or not, the links must go.
+        global _collecting
+        _collecting = True  # its updates go back even inside transfer_guard("disallow")
+        try:
+            wrapping.release()
+        finally:
+            _collecting = False
+            for link in wrapping.links:
+                link.unlink()
 
 
 def wrapping_of(model: Any) -> Wrapping | None:
@@ -149,8 +165,8 @@ def wrapping_of(model: Any) -> Wrapping | None:
 
 def detach_wrapper(wrapper: Any) -> None:
     """Write pending updates back to the original, then cut every link of ``wrapper``."""
-    wrapping = _wrappings.pop(id(wrapper))
-    wrapping.release()
+    _wrappings[id(wrapper)].release()  # raises (and stays a wrapper) if a transfer fails
+    del _wrappings[id(wrapper)]
 
 
 def check_unlinked(model: Any, action: str) -> None:

@@ -157,9 +157,11 @@ def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
                 "different values there; untie dst or sync from a model with the same ties")
     # Stage every value on dst's device first: a failed transfer leaves dst unchanged.
     staged = [staging for group in groups for staging in _stage(group)]
-    for targets, storage, values in staged:
+    # Then every wrap-mode pull (a soft update reads dst) before the first write.
+    for targets, _, _ in staged:
         for d in targets:
             d.writable(overwrite=tau == 1.0)  # wrap mode: this side becomes the newest
+    for _, storage, values in staged:
         _write(storage, values, tau)
     return dst
 
@@ -177,8 +179,9 @@ def _matched_pairs(dst: Any, src: Any, check: str
     """Each distinct dst Param with the src Param at its place, after every check passes, and
     the places where dst ties two paths that src holds as two Params.
 
-    The graph check compares, place by place, the Params' origins (what graph_id is made of)
-    instead of hashing both trees: the same answer as comparing graph ids, in one pass.
+    The graph check compares the Params' origins place by place first (cheap, and what tells
+    copies of one graph from look-alikes), then the graph ids (layer types and configuration
+    too). Plans are cached, so this runs once per pair of unchanged trees.
     """
     dst_paths, src_paths = param_paths(dst), param_paths(src)
     same_origins = True
@@ -193,7 +196,7 @@ def _matched_pairs(dst: Any, src: Any, check: str
         path, p = longer[min(len(dst_paths), len(src_paths))]
         raise GraphMismatchError(
             f"{path}: only {side} has it ({_describe(p)}); the models differ in structure")
-    if check == "graph" and not same_origins:
+    if check == "graph" and not (same_origins and graph_id(dst) == graph_id(src)):
         raise GraphMismatchError(
             "dst and src have the same structure but were not made from one graph "
             f"(graph_id {graph_id(dst)[:12]}… vs {graph_id(src)[:12]}…) — pass "
@@ -272,7 +275,7 @@ def _on(values: Any, target: Device) -> Any:
 def _write(data: Any, values: Any, tau: float) -> None:
     if tau == 1.0:
         data[...] = values
-    elif isinstance(data, np.ndarray):
+    elif isinstance(data, np.ndarray) and not np.may_share_memory(data, values):
         np.multiply(data, 1.0 - tau, out=data)
         data += tau * values
     else:

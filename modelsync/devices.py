@@ -49,6 +49,7 @@ class Device:
 
 
 HOST = Device("host", 0)
+_CHECKED: set[Device] = {HOST}  # Device objects already known to be usable here
 
 
 @functools.cache
@@ -118,6 +119,10 @@ def device(spec: str | Device = "auto") -> Device:
     Raises DeviceError saying why a spec cannot be used, with the devices that can.
     """
     if isinstance(spec, Device):
+        if spec in _CHECKED:
+            return spec
+        device(str(spec))  # a hand-made Device("sim", 3) is checked like "sim:3"
+        _CHECKED.add(spec)
         return spec
     if not isinstance(spec, str):
         raise ArgumentTypeError(

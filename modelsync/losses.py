@@ -50,6 +50,8 @@ def _mse(pred: Any, target: Any) -> tuple[Any, Any]:
     _check_same_shape("mse", pred, target)
     xp = namespace(pred, target)
     diff = pred - xp.astype(target, pred.dtype)
+    if diff.size == 0:  # like torch: an empty batch has a NaN mean and an empty gradient
+        return xp.sum(diff * diff) * float("nan"), diff
     return xp.mean(diff * diff), diff * (2.0 / diff.size)
 
 

@@ -113,7 +113,10 @@ class Param:
         (and counted by track_transfers)."""
         if not is_array(array):
             try:
-                array = np.asarray(array, dtype=dtype_name(self.dtype))
+                numbers = np.asarray(array)
+                if numbers.dtype.kind not in "biuf":  # None, strings, objects: not numbers
+                    raise TypeError
+                array = numbers.astype(dtype_name(self.dtype))
             except (TypeError, ValueError):
                 raise ArgumentTypeError(
                     f"assign: {array!r} is a {type(array).__name__}, not numbers; expected an "

@@ -50,7 +50,8 @@ def train(model: Any, data: Iterable[tuple[Any, Any]], loss_fn: Loss, optimizer:
     with tqdm(total=total, disable=True if not progress else None, file=sys.stderr,
               desc="train", unit="step", leave=False) as bar:
         for _ in range(epochs):
-            for x, y in data:
+            for index, item in enumerate(data):
+                x, y = _pair(item, index)
                 optimizer.zero_grad()
                 loss = backprop(model, loss_fn, to_device_array(x, target),
                                 to_device_array(y, target), rng=rng)
@@ -59,6 +60,13 @@ def train(model: Any, data: Iterable[tuple[Any, Any]], loss_fn: Loss, optimizer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
     return losses
+
+
+def _pair(item: Any, index: int) -> tuple[Any, Any]:
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise ArgumentTypeError(
+            f"data[{index}] is a {type(item).__name__}; expected an (x, y) pair of arrays")
+    return item[0], item[1]
 
 
 def _resolve(spec: Device | str | None, model: Any) -> Device:

@@ -130,11 +130,14 @@ def _record(event: TransferEvent) -> None:
         ledger.events.append(event)
 
 
-def copy_to(array: Any, dst: Device | str, *, reason: str, what: str = "param") -> Any:
+def copy_to(array: Any, dst: Device | str, *, reason: str, what: str = "param",
+            guarded: bool = True) -> Any:
     """A new array on ``dst`` equal to ``array``; counted and guarded when devices differ.
 
     A same-device call makes a plain local copy and records nothing. A transfer the guard
-    refuses, or one that fails, is not recorded.
+    refuses, or one that fails, is not recorded. ``guarded=False`` is for the one transfer
+    that must not be refused: a collected wrapper handing its updates back (a finalizer
+    cannot enter transfer_guard("allow"): contextvars must not change during GC).
     """
     if what not in WHATS:
         raise ArgumentError(f"what={what!r} is not a transfer kind; expected one of {WHATS}")
@@ -144,7 +147,7 @@ def copy_to(array: Any, dst: Device | str, *, reason: str, what: str = "param") 
         return _local_copy(array, src)
     _check_dtype(array, dst)
     nbytes = nbytes_of(array)
-    kind = _check_guard(src, dst, nbytes, reason, what)
+    kind = _check_guard(src, dst, nbytes, reason, what) if guarded else _direction(src, dst)
     result = _cross(array, src, dst)
     _record(TransferEvent(kind, nbytes, reason, what, str(src), str(dst)))
     return result

@@ -462,3 +462,73 @@ def test_tied_values_are_checked_at_every_sync_not_only_the_first():
     with pytest.raises(ms.GraphMismatchError, match=r"layers\.0\.weight and layers\.1\.weight"):
         ms.sync(dst, src, check="structure")
     assert_same(values(dst), before)
+
+
+# -- regressions found in review ----------------------------------------------------------------
+def _trained_wrapper():
+    original = build()
+    wrapper = ms.to_device(original, "sim:1", mode="wrap")
+    sgd_step(wrapper, *batch("sim:1"))  # the twin side is newest
+    return original, wrapper
+
+
+def test_a_detach_that_fails_leaves_a_wrapper_that_can_be_detached_again():
+    original, wrapper = _trained_wrapper()
+    trained = values(wrapper)
+    with ms.transfer_guard("disallow"), pytest.raises(ms.TransferError):
+        ms.detach(wrapper)
+    ms.detach(wrapper)
+    assert_same(values(original), trained)
+    ms.to_device(original, "sim:2", mode="move")  # no longer linked
+
+
+def test_a_wrapper_collected_inside_a_guard_still_hands_back_and_releases():
+    original, wrapper = _trained_wrapper()
+    trained = values(wrapper)
+    with ms.transfer_guard("disallow"):
+        del wrapper
+        gc.collect()
+    assert all(p._link is None for p in ms.params(original))
+    assert_same(values(original), trained)
+
+
+def test_detach_keeps_writes_made_on_the_original_side():
+    original = build()
+    wrapper = ms.to_device(original, "sim:1", mode="wrap")
+    bias = ms.named_params(original)["layers.1.bias"]
+    bias.assign(np.ones(3, dtype="float32"))  # the original side is newest
+    ms.detach(wrapper)
+    np.testing.assert_array_equal(values(wrapper)["layers.1.bias"], np.ones(3, dtype="float32"))
+
+
+def test_a_soft_sync_whose_pull_fails_changes_nothing():
+    model = layers.Chain(layers.Dense(2, 2, seed=0), layers.Dense(2, 2, dtype="float64", seed=1))
+    src = ms.to_host(model)
+    for p in ms.params(src):
+        p.assign(np.zeros(p.shape, dtype=p.dtype))
+    wrapper = ms.to_device(model, "sim:1", mode="wrap")
+    late = wrapper.layers[1].weight  # only the float64 group goes stale on the host side
+    late.writable()[...] = ms.to_device(np.full((2, 2), 7.0), "sim:1")
+    expected = values(wrapper)
+    with ms.transfer_guard("disallow"), pytest.raises(ms.TransferError):
+        ms.sync(model, src, tau=0.5)  # float32 needs no pull; float64 does, and may not
+    assert_same(values(model), expected)
+
+
+def test_a_soft_sync_between_models_sharing_a_param_leaves_it_unchanged():
+    shared = layers.Dense(2, 2, seed=0)
+    a = layers.Chain(shared, layers.Dense(2, 2, seed=1))
+    b = layers.Chain(shared, layers.Dense(2, 2, seed=2))
+    kept = to_numpy(shared.weight.value)
+    ms.sync(a, b, check="structure", tau=0.5)
+    np.testing.assert_array_equal(to_numpy(shared.weight.value), kept)
+
+
+def test_the_graph_check_also_sees_configuration():
+    model = layers.Chain(layers.Dense(2, 2, "relu", seed=0))
+    twin = ms.to_host(model)
+    twin.layers[0].activation = "tanh"
+    assert ms.graph_id(model) != ms.graph_id(twin)
+    with pytest.raises(ms.GraphMismatchError, match="one graph"):
+        ms.sync(model, twin)
+    ms.sync(model, twin, check="structure")

@@ -230,3 +230,11 @@ def test_sim_array_computes_with_its_own_device_and_scalars() -> None:
     b = _sim("sim:1", np.ones(3))
     assert device_of(a + b) == ms.device("sim:1")
     assert device_of(a * 2.0) == ms.device("sim:1")
+
+
+@pytest.mark.parametrize("made", [ms.Device("sim", 3), ms.Device("gpu", 0), ms.Device("host", 2)])
+def test_a_hand_made_device_is_checked_like_its_spec(made):
+    with pytest.raises(ms.DeviceError, match="Available"):
+        ms.device(made)
+    with pytest.raises(ms.DeviceError):
+        ms.to_device(ms.layers.Dense(2, 2), made)

@@ -536,3 +536,25 @@ def test_bad_arguments_name_themselves(tmp_path):
         load(tmp_path / "m.safetensors", device="tpu")
     with pytest.raises(ms.ArgumentTypeError, match="model"):
         load_into(42, tmp_path / "m.safetensors")
+
+
+# -- regressions found in review ----------------------------------------------------------------
+@ms.layer
+class IoTestScalar:
+    s: ms.Param
+
+    def forward(self, x, ctx):
+        return x, lambda dy: dy
+
+
+def test_a_zero_dimensional_param_round_trips(tmp_path):
+    path = tmp_path / "scalar.safetensors"
+    ms.save(IoTestScalar(ms.Param(np.float32(2.5))), path)
+    loaded = ms.load(path)
+    assert loaded.s.shape == () and float(loaded.s.value) == 2.5
+
+
+def test_an_empty_chain_round_trips(tmp_path):
+    path = tmp_path / "empty.safetensors"
+    ms.save(ms.layers.Chain(), path)
+    assert len(ms.load(path).layers) == 0

@@ -188,3 +188,9 @@ def test_bad_inputs_on_device_too():
         losses.cross_entropy(to_dev(np.zeros((2, 3)), sim), to_dev(np.array([0, 4]), sim))
     with pytest.raises(ms.ArgumentError, match="mse: target has shape"):
         losses.mse(to_dev(np.zeros((2, 3)), sim), to_dev(np.zeros((2, 2)), sim))
+
+
+def test_mse_of_an_empty_batch_is_nan_like_torch():
+    empty = np.zeros((0, 2), np.float32)
+    loss, grad = losses.mse.value_and_grad(empty, empty)
+    assert np.isnan(float(loss)) and grad.shape == (0, 2)

@@ -229,3 +229,12 @@ def test_param_from_read_only_array_can_be_assigned() -> None:
     p.assign(np.ones((2, 3), np.float32))
     np.testing.assert_array_equal(p.value, np.ones((2, 3), np.float32))
     assert not values.any()  # the caller's read-only array is left alone
+
+
+@pytest.mark.parametrize("bad", [None, "abc", object(), [None, None]])
+def test_assign_of_non_numbers_is_refused_and_changes_nothing(bad) -> None:
+    p = ms.Param(np.ones(2, np.float32)) if bad == [None, None] else ms.Param(np.float32(1))
+    before = p.value.copy()
+    with pytest.raises(ms.ArgumentTypeError, match="assign"):
+        p.assign(bad)
+    np.testing.assert_array_equal(p.value, before)

@@ -168,3 +168,18 @@ def test_backprop_rejects_a_non_loss():
     model = layers.Dense(3, 2, seed=0)
     with pytest.raises(ms.ArgumentTypeError, match="loss_fn"):
         ms.backprop(model, lambda a, b: 0.0, np.ones((1, 3)), np.ones((1, 2)))
+
+
+def test_a_batch_that_is_not_a_pair_is_named():
+    model = layers.Dense(2, 2)
+
+    class NoOptimizer:
+        def zero_grad(self):
+            pass
+
+        def step(self):
+            pass
+
+    with pytest.raises(ms.ArgumentTypeError, match=r"data\[1\] is a ndarray; expected an \(x, y\)"):
+        ms.train(model, [(np.ones((1, 2), "float32"), np.ones((1, 2), "float32")),
+                         np.ones((1, 2))], losses.mse, NoOptimizer(), progress=False)

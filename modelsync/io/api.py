@@ -67,7 +67,7 @@ def save(model: Any, path: Any, *, optimizer: Any = None,
         value = param.value  # a stale wrap-mode side pulls first
         if device_of(value) != HOST:
             value = copy_to(value, HOST, reason="save", what="param")
-        tensors[name] = np.ascontiguousarray(value)
+        tensors[name] = np.require(value, requirements="C")  # (ascontiguousarray makes 0-d 1-d)
         table[name] = {"shape": list(param.shape), "dtype": dtype_name(param.dtype),
                        "origin": param.origin, "name": param.name}
     architecture = encode_model(model, {id(p): name for name, p in named.items()})

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LoadError
+from ..tree import TrackedList
 
 #: NumPy scalar dtypes a file may name; nothing outside this list is ever constructed.
 SCALAR_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
@@ -49,7 +50,7 @@ def encode(value: Any, on_array: Callable[[Any], str] | None = None, depth: int 
         if math.isfinite(value):
             return value
         return {"__float__": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
-    if kind is list:
+    if kind is list or kind is TrackedList:
         return [encode(v, on_array, depth + 1) for v in value]
     if kind is tuple:
         return {"__tuple__": [encode(v, on_array, depth + 1) for v in value]}
