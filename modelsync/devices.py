@@ -28,7 +28,7 @@ class Device:
     index: int
 
     def __str__(self) -> str:
-        return "host" if self.kind == "host" else f"{self.kind}:{self.index}"
+        return "host" if self.kind == "host" and self.index == 0 else f"{self.kind}:{self.index}"
 
     def __repr__(self) -> str:
         return f"Device({str(self)!r})"
