@@ -94,6 +94,8 @@ def copy_flat(group: Sequence[Param], target: Device, *, reason: str,
         xp = target.xp
         return xp.concat([xp.reshape(copy_to(read(p), target, reason=reason), (-1,))
                           for p in group])
+    if group[0].device == target and intact_store(group) is None:
+        return gather(group, read)  # the concatenation is already a new buffer on target
     return copy_to(gather(group, read), target, reason=reason)
 
 

@@ -532,3 +532,11 @@ def test_the_graph_check_also_sees_configuration():
     with pytest.raises(ms.GraphMismatchError, match="one graph"):
         ms.sync(model, twin)
     ms.sync(model, twin, check="structure")
+
+
+@pytest.mark.parametrize("flat_source", [False, True])
+def test_a_same_device_copy_shares_no_memory_with_its_source(flat_source):
+    source = ms.to_host(build()) if flat_source else build()
+    copy = ms.to_host(source)
+    for a, b in zip(ms.params(source), ms.params(copy), strict=True):
+        assert not np.shares_memory(a.value, b.value)
