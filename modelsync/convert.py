@@ -13,15 +13,15 @@ transfer_guard, a CoherenceError) leaves every model as it was.
 from __future__ import annotations
 
 import math
-import numbers
 import weakref
 from typing import Any
 
 import numpy as np
 
 from . import coherence, flat
+from .checks import as_float
 from .devices import HOST, Device, device, device_of, dtype_name, is_array
-from .errors import ArgumentError, ArgumentTypeError, CoherenceError, GraphMismatchError
+from .errors import ArgumentError, CoherenceError, GraphMismatchError
 from .params import Param
 from .transfers import copy_to, to_device_array
 from .tree import (
@@ -167,11 +167,10 @@ def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
 
 
 def _check_tau(tau: Any) -> float:
-    if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
-        raise ArgumentTypeError(f"tau={tau!r} is a {type(tau).__name__}; expected a float")
-    if not (math.isfinite(tau) and 0.0 < tau <= 1.0):
+    value = as_float("tau", tau)
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
         raise ArgumentError(f"tau={tau!r} is outside (0, 1]")
-    return float(tau)
+    return value
 
 
 def _matched_pairs(dst: Any, src: Any, check: str

@@ -209,9 +209,11 @@ def _walk_value(value: Any, path: str, found: list[tuple[str, Any]], watchable: 
 
 class ParamList(list):
     """What `params` returns: a plain list of Params that also knows each one's path, so an
-    optimizer built from it can key its state_dict by path."""
+    optimizer built from it can key its state_dict by path. Paths are looked up by Param
+    identity, so reordering or filtering the list cannot mislabel them."""
 
     paths: list[str]
+    path_of: dict[int, str]
 
 
 def params(model: Any) -> ParamList:
@@ -219,6 +221,7 @@ def params(model: Any) -> ParamList:
     named = named_params(model)
     found = ParamList(named.values())
     found.paths = list(named)
+    found.path_of = {id(p): path for path, p in named.items()}
     return found
 
 

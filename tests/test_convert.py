@@ -540,3 +540,8 @@ def test_a_same_device_copy_shares_no_memory_with_its_source(flat_source):
     copy = ms.to_host(source)
     for a, b in zip(ms.params(source), ms.params(copy), strict=True):
         assert not np.shares_memory(a.value, b.value)
+
+
+def test_a_tau_past_float_range_is_outside_the_interval():
+    with pytest.raises(ValueError, match=r"outside \(0, 1\]"):
+        ms.sync(build(), build(), check="structure", tau=10**400)

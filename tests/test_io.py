@@ -558,3 +558,15 @@ def test_an_empty_chain_round_trips(tmp_path):
     path = tmp_path / "empty.safetensors"
     ms.save(ms.layers.Chain(), path)
     assert len(ms.load(path).layers) == 0
+
+
+def test_optimizer_state_of_a_zero_dimensional_param_round_trips(tmp_path):
+    model = IoTestScalar(ms.Param(np.float32(2.0)))
+    opt = ms.optim.Adam(ms.params(model), lr=0.1)
+    model.s.grad = np.ones((), np.float32)
+    opt.step()
+    path = tmp_path / "scalar.safetensors"
+    ms.save(model, path, optimizer=opt)
+    again = ms.optim.Adam(ms.params(ms.load(path)), lr=0.1)
+    ms.load_optimizer(path, again)
+    assert again.state_dict()["state"]["s"]["exp_avg"].shape == ()

@@ -699,3 +699,55 @@ def test_cuda_kernels_follow_the_host_arithmetic(rule):
     cuda = run(make(cuda_ps), cuda_ps, 50)
     for h, c in zip(host, cuda, strict=True):
         np.testing.assert_allclose(c, h, rtol=1e-13)
+
+
+# -- regressions found in review ----------------------------------------------------------------
+def _two_layers():
+    return layers.Chain(layers.Dense(4, 4, seed=0), layers.Dense(4, 4, seed=1))
+
+
+def test_state_keys_follow_the_param_not_its_position_in_a_reordered_list():
+    model = _two_layers()
+    ps = ms.params(model)
+    ps.reverse()
+    opt = optim.Momentum(ps, lr=0.1)
+    first = model.layers[0].weight
+    for p in ps:
+        p.grad = np.full(p.shape, 1.0 if p is first else 0.0, np.float32)
+    opt.step()
+    state = opt.state_dict()["state"]
+    assert state["layers.0.weight"]["momentum_buffer"][0, 0] == 1.0
+    assert state["layers.1.weight"]["momentum_buffer"][0, 0] == 0.0
+
+
+def test_a_step_whose_state_cannot_follow_its_param_updates_nothing():
+    a, b = layers.Dense(2, 2, seed=0), layers.Dense(2, 2, seed=1)
+    opt = optim.Momentum(ms.params(a) + ms.params(b), lr=0.1)
+    for p in opt.params:
+        p.grad = np.ones(p.shape, np.float32)
+    opt.step()
+    b = ms.to_device(b, "sim:1", mode="move")
+    for p in opt.params:
+        p.grad = ms.to_device(np.ones(p.shape, np.float32), p.device)
+    before = to_numpy(a.weight.value)
+    with ms.transfer_guard("disallow"), pytest.raises(ms.TransferError):
+        opt.step()
+    np.testing.assert_array_equal(to_numpy(a.weight.value), before)
+    opt.step()  # outside the guard the state follows and the step goes through
+    assert not np.array_equal(to_numpy(a.weight.value), before)
+
+
+@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=10**400),
+                                  lambda ps: optim.Adam(ps, betas=(0.9, 10**400))])
+def test_a_hyperparameter_past_float_range_is_outside_its_interval(make):
+    with pytest.raises(ArgumentError, match="is outside"):
+        make(ms.params(_two_layers()))
+
+
+def test_clip_norm_spreads_a_nan_gradient_on_the_host_like_torch():
+    p = ms.Param(np.ones(3, np.float32))
+    q = ms.Param(np.ones(3, np.float32))
+    p.grad = np.array([np.nan, 1.0, 1.0], np.float32)
+    q.grad = np.ones(3, np.float32)
+    optim.ClipNorm([p, q], max_norm=0.5).step()
+    assert np.isnan(q.grad).all()

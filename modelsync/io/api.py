@@ -160,7 +160,7 @@ def load_optimizer(path: Any, optimizer: Any) -> Any:
         raise LoadError(f"{raw.path}: the optimizer refused the stored state: {exc}") from exc
     except ModelSyncError:
         raise
-    except (KeyError, ValueError, TypeError, IndexError) as exc:
+    except (KeyError, ValueError, TypeError, IndexError, ArithmeticError) as exc:
         raise LoadError(f"{raw.path}: the optimizer refused the stored state: "
                         f"{type(exc).__name__}: {exc}") from exc
     return optimizer

@@ -55,7 +55,7 @@ def _add_tensor(array: Any, keys: tuple[str, ...], tensors: dict[str, np.ndarray
     while name in tensors:
         n += 1
         name = f"{base}#{n}"
-    tensors[name] = np.ascontiguousarray(array)
+    tensors[name] = np.require(array, requirements="C")  # (ascontiguousarray makes 0-d 1-d)
     return name
 
 

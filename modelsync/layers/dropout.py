@@ -12,25 +12,24 @@ per entry) crosses through ``copy_to(..., reason="dropout mask", what="data")``:
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import attrs
 import numpy as np
 
+from ..checks import as_float
 from ..devices import HOST, device_of, dtype_name
-from ..errors import ArgumentError, ArgumentTypeError
+from ..errors import ArgumentError
 from ..transfers import copy_to
 from ..xp import namespace
 from .base import Context, check_input, layer
 
 
 def _check_p(p: Any) -> float:
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise ArgumentTypeError(f"p={p!r} is a {type(p).__name__}; expected a float in [0, 1)")
-    if not 0.0 <= p < 1.0:
+    value = as_float("p", p)
+    if not 0.0 <= value < 1.0:
         raise ArgumentError(f"p={p!r} is outside [0, 1)")
-    return float(p)
+    return value
 
 
 @layer

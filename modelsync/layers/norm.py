@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import attrs
 import numpy as np
 
-from ..errors import ArgumentError, ArgumentTypeError
+from ..checks import as_float
+from ..errors import ArgumentError
 from ..params import Param
 from ..xp import namespace
 from .base import (
@@ -80,8 +80,7 @@ class LayerNorm:
 
 
 def _check_eps(eps: Any) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise ArgumentTypeError(f"eps={eps!r} is a {type(eps).__name__}; expected a float")
-    if not (eps > 0 and math.isfinite(eps)):
+    value = as_float("eps", eps)
+    if not (value > 0 and math.isfinite(value)):
         raise ArgumentError(f"eps={eps!r} is outside (0, ∞)")
-    return float(eps)
+    return value

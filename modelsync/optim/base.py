@@ -141,6 +141,13 @@ class Optimizer:
         if plan is None or plan.stale or any(g.store.broken for g in plan.groups):
             plan = self._replan()
         self._memo.clear()
+        # State that must follow a moved Param moves before any Param is updated, so a
+        # refused transfer (transfer_guard) fails the step as a whole.
+        for p in plan.singles:
+            slot = self._slots.get(p)
+            if slot is not None and p.grad is not None and slot.device != p.device:
+                self._follow(p, slot)
+                plan.stale = True  # it may now be part of a flat store
         for group in plan.groups:
             if not group.run():
                 self._fall_back(group, plan)
@@ -557,8 +564,8 @@ class Optimizer:
 
 # -- helpers ---------------------------------------------------------------------------------
 def bind_params(params: Any) -> tuple[list[Param], list[str]]:
-    """The Params of ``params`` once each, with their state_dict keys: ``params.paths`` when
-    given (``ms.params(model)``), else each one's position as a string."""
+    """The Params of ``params`` once each, with their state_dict keys: each one's model path
+    when they come from ``ms.params(model)``, else each one's position as a string."""
     if isinstance(params, Param):
         raise ArgumentTypeError(
             "params is a single Param; pass a list of Params, e.g. [p] or ms.params(model)")
@@ -570,9 +577,9 @@ def bind_params(params: Any) -> tuple[list[Param], list[str]]:
             f"params is a {type(params).__name__}; expected an iterable of Params such as "
             "ms.params(model)")
     items = list(params)
-    paths = getattr(params, "paths", None)
-    if paths is None or len(paths) != len(items):
-        paths = None
+    path_of = getattr(params, "path_of", None)  # ms.params(model): id(Param) -> path
+    if path_of is not None and not all(id(p) in path_of for p in items):
+        path_of = None  # a foreign Param was added: fall back to positions for all
     bound: list[Param] = []
     keys: list[str] = []
     seen: set[int] = set()
@@ -586,7 +593,7 @@ def bind_params(params: Any) -> tuple[list[Param], list[str]]:
         if id(p) in seen:
             continue
         seen.add(id(p))
-        keys.append(str(paths[i]) if paths is not None else str(len(bound)))
+        keys.append(path_of[id(p)] if path_of is not None else str(len(bound)))
         bound.append(p)
     if not bound:
         raise ArgumentError(

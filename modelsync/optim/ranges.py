@@ -91,7 +91,10 @@ def check_range(name: str, value: Any, interval: str | Interval) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ArgumentTypeError(
             f"{name}={value!r} is a {type(value).__name__}; expected a real number in {spec}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float's range: as good as infinite
+        number = math.inf if value > 0 else -math.inf
     if number not in spec:
         raise ArgumentError(f"{name}={_show(value, number)} is outside {spec}")
     return number

@@ -100,7 +100,7 @@ class ClipNorm(Optimizer):
     def _clip_host(self, grads: list[Any]) -> None:
         total = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
         coef = self.max_norm / (total + CLIP_NORM_EPS)
-        if coef < 1.0:  # torch multiplies by the clamped factor; by 1.0 changes nothing
+        if not coef >= 1.0:  # torch multiplies by min(coef, 1); NaN (a NaN grad) spreads too
             for g in grads:
                 np.multiply(g, coef, out=g)
 
