@@ -60,7 +60,11 @@ def _namespace(kind: str) -> Any:
         import array_api_strict
 
         return array_api_strict
-    return _cupy()
+    # CuPy through array_api_compat: the standard's names (concat, astype, matrix_transpose)
+    # that raw CuPy lacks, on CuPy arrays; fused kernels import cupy itself.
+    import array_api_compat.cupy
+
+    return array_api_compat.cupy
 
 
 @functools.cache

@@ -19,6 +19,7 @@ from typing import Any
 from .devices import Device, device_of, dtype_name
 from .params import Param
 from .transfers import copy_to
+from .xp import concat_flat
 
 
 class FlatStore:
@@ -81,9 +82,7 @@ def gather(group: Sequence[Param], read: Callable[[Param], Any]) -> Any:
         for p in group:
             read(p)  # wrap mode: bring each member up to date in place
         return store.buffer
-    values = [read(p) for p in group]
-    xp = device_of(values[0]).xp
-    return xp.concat([xp.reshape(v, (-1,)) for v in values])
+    return concat_flat([read(p) for p in group])
 
 
 def copy_flat(group: Sequence[Param], target: Device, *, reason: str,
@@ -91,9 +90,7 @@ def copy_flat(group: Sequence[Param], target: Device, *, reason: str,
     """``group``'s values as one new 1-D buffer on ``target``: one counted transfer when the
     group lives on one device (Params scattered over devices are copied one by one)."""
     if len({p.device for p in group}) > 1:
-        xp = target.xp
-        return xp.concat([xp.reshape(copy_to(read(p), target, reason=reason), (-1,))
-                          for p in group])
+        return concat_flat([copy_to(read(p), target, reason=reason) for p in group])
     if group[0].device == target and intact_store(group) is None:
         return gather(group, read)  # the concatenation is already a new buffer on target
     return copy_to(gather(group, read), target, reason=reason)

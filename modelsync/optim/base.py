@@ -24,6 +24,7 @@ from ..errors import ArgumentError, ArgumentTypeError, ModelSyncError
 from ..params import Param
 from ..transfers import copy_to
 from ..tree import is_layer
+from ..xp import concat_flat
 from . import flatgroup
 from .flatgroup import FlatGroup, Segment
 
@@ -623,11 +624,10 @@ def _concat(arrays: Sequence[Any], dev: Device) -> Any:
     """One 1-D array of ``arrays`` (all on ``dev``), flattened in order: a local copy."""
     if dev.kind == "host":
         return np.concatenate(arrays, axis=None)
-    xp = dev.xp
     if dev.kind == "cuda":
         with dev.native:
-            return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
-    return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
+            return concat_flat(arrays)
+    return concat_flat(arrays)
 
 
 def on_device(slot: Slot) -> Any:

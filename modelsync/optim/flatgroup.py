@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..params import Param
+from ..xp import concat_flat
 
 if TYPE_CHECKING:
     from .base import Slot
@@ -123,11 +124,10 @@ class FlatGroup:
 
 
 def _concat_device(arrays: Sequence[Any], slot: Slot) -> Any:
-    xp = slot.xp
     if slot.native is not None:  # CuPy: make the group's GPU current
         with slot.native:
-            return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
-    return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
+            return concat_flat(arrays)
+    return concat_flat(arrays)
 
 
 def runs(params: Sequence[Param]) -> tuple[list[tuple[Any, list[Param], int]], list[Param]]:
