@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=None, metavar="DIR",
                       help="folder for the saved .safetensors files (created if needed; "
                            "default: a temporary folder, removed afterwards)")
-    demo.add_argument("--seed", type=int, default=0,
+    demo.add_argument("--seed", type=_natural, default=0,
                       help="seed of the model's initial weights (default: 0)")
     _progress_option(demo)
 
@@ -96,6 +96,16 @@ def _progress_option(parser: argparse.ArgumentParser) -> None:
                         help="no progress bars (they go to stderr, and only to a terminal)")
 
 
+def _natural(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, ∞)")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -133,17 +143,17 @@ def _cmd_explore(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .devices import device
     from .inspect_file import inspect_text
 
+    dev = None if args.device is None else device(args.device)  # a bad --device: fail first
     print(inspect_text(args.file).rstrip("\n"))
-    if args.device is not None:  # also prove the file loads there, and say what it cost
+    if dev is not None:  # also prove the file loads there, and say what it cost
         from . import io
         from .demo import format_bytes
-        from .devices import device
         from .transfers import track_transfers
         from .tree import params
 
-        dev = device(args.device)
         with track_transfers() as ledger:
             model = io.load(args.file, device=dev)
         print(f"loads on {dev}: {len(params(model))} params, {format_bytes(ledger.bytes)} moved "

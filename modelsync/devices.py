@@ -107,6 +107,11 @@ def cuda_status() -> tuple[int, str]:
         return 0, f"CuPy is installed but no CUDA driver or GPU is usable: {exc}"
     if count == 0:
         return 0, "CuPy is installed but no GPU is present"
+    try:  # a driver alone is not enough: kernels need NVRTC (the CUDA toolkit or cupy[ctk])
+        probe = cupy.ElementwiseKernel("T x", "T y", "y = x", "modelsync_probe")
+        probe(cupy.zeros(1, dtype="float32"))
+    except Exception as exc:
+        return 0, f"CuPy sees {count} GPU(s) but cannot compile kernels: {exc}"
     return count, ""
 
 

@@ -32,7 +32,7 @@ def inspect_text(path: Any) -> str:
     lines.append(_optimizer_line(mf.optimizer, raw, set(mf.params)))
     if mf.user:
         lines.append("metadata:")
-        lines += [f"  {key}: {value}" for key, value in mf.user.items()]
+        lines += [f"  {_printable(key)}: {_printable(value)}" for key, value in mf.user.items()]
     return "\n".join(lines)
 
 
@@ -80,8 +80,16 @@ def _foreign(raw: RawFile) -> str:
                  f"{_bytes(sum(t.nbytes for t in raw.tensors.values()))}")
     if raw.metadata:
         lines.append("metadata:")
-        lines += [f"  {key}: {value}" for key, value in raw.metadata.items()]
+        lines += [f"  {_printable(key)}: {_printable(value)}"
+                  for key, value in raw.metadata.items()]
     return "\n".join(lines)
+
+
+def _printable(text: Any) -> str:
+    """A file's own text, with control characters escaped: a hostile file must not move the
+    cursor, colour the terminal or forge extra lines."""
+    text = str(text)
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _table(rows: list[tuple[str, ...]], head: tuple[str, ...]) -> list[str]:

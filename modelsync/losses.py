@@ -63,6 +63,8 @@ def _cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
             f"{tuple(logits.shape)} and {tuple(labels.shape)}")
     if not xp.isdtype(labels.dtype, "integral"):
         raise ArgumentError(f"cross_entropy: labels have dtype {labels.dtype}, expected integers")
+    if logits.shape[0] == 0:  # like torch: an empty batch has a NaN mean, no gradient
+        return xp.sum(logits) * float("nan"), xp.zeros_like(logits)
     batch, classes = logits.shape
     if batch > 0:
         low, high = int(xp.min(labels)), int(xp.max(labels))

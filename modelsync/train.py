@@ -10,10 +10,10 @@ from tqdm.auto import tqdm
 
 from .devices import Device, device
 from .errors import ArgumentError, ArgumentTypeError
-from .layers.base import Context, param_device
+from .layers.base import Context, check_rng, on_model_device, param_device
 from .losses import Loss
 from .transfers import to_device_array
-from .tree import require_model
+from .tree import params, require_model
 
 
 def backprop(model: Any, loss_fn: Loss, x: Any, y: Any, *, rng: Any = None) -> float:
@@ -24,10 +24,11 @@ def backprop(model: Any, loss_fn: Loss, x: Any, y: Any, *, rng: Any = None) -> f
         raise ArgumentTypeError(
             f"loss_fn is a {type(loss_fn).__name__}; expected a loss from modelsync.losses "
             "(mse, cross_entropy, binary_cross_entropy)")
-    out, pullback = model.forward(x, Context(train=True, rng=rng))
-    loss, d_out = loss_fn.value_and_grad(out, y)
-    pullback(d_out)
-    return float(loss)
+    with on_model_device(model):
+        out, pullback = model.forward(x, Context(train=True, rng=check_rng(rng)))
+        loss, d_out = loss_fn.value_and_grad(out, y)
+        pullback(d_out)
+        return float(loss)
 
 
 def train(model: Any, data: Iterable[tuple[Any, Any]], loss_fn: Loss, optimizer: Any, *,
@@ -42,6 +43,8 @@ def train(model: Any, data: Iterable[tuple[Any, Any]], loss_fn: Loss, optimizer:
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ArgumentError(f"epochs={epochs!r} is outside [1, ∞)")
     target = _resolve(device, model)
+    _check_optimizer(optimizer, model)
+    rng = check_rng(rng)  # an int seed becomes one generator for the whole run
     if epochs > 1 and iter(data) is data:
         raise ArgumentError(
             "data is a one-shot iterator but epochs > 1; pass a list or another re-iterable")
@@ -60,6 +63,24 @@ def train(model: Any, data: Iterable[tuple[Any, Any]], loss_fn: Loss, optimizer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
     return losses
+
+
+def _check_optimizer(optimizer: Any, model: Any) -> None:
+    """TypeError for a non-optimizer; ArgumentError for one bound to none of the model's
+    Params (the classic slip: an optimizer made before a copy-mode conversion)."""
+    if not (callable(getattr(optimizer, "step", None))
+            and callable(getattr(optimizer, "zero_grad", None))):
+        raise ArgumentTypeError(
+            f"optimizer is a {type(optimizer).__name__}; expected an object with step() and "
+            "zero_grad(), e.g. optim.Adam(ms.params(model))")
+    bound = getattr(optimizer, "params", None)
+    if bound:
+        mine = {id(p) for p in params(model)}
+        if not any(id(p) in mine for p in bound):
+            raise ArgumentError(
+                "optimizer is bound to none of this model's Params (was it made for the model "
+                "before a copy-mode to_device?); bind it to the model you train: "
+                "optim.Adam(ms.params(model))")
 
 
 def _pair(item: Any, index: int) -> tuple[Any, Any]:

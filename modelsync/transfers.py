@@ -191,7 +191,7 @@ def _cross_cuda(array: Any, src: Device, dst: Device) -> Any:
 
     if src.kind == "sim" or dst.kind == "sim":
         # No real path between a simulated device and a GPU: go through host, counted once.
-        via = _cross(array, src, HOST) if src.kind == "sim" else array
+        via = _cross(array, src, HOST) if src.kind == "sim" else cupy.asnumpy(array)
         return _cross(via, HOST, dst) if dst.kind == "sim" else _cross_cuda(via, HOST, dst)
     if dst.kind == "cuda":
         with cupy.cuda.Device(dst.index):

@@ -45,8 +45,15 @@ def run(out: str | Path = "docs/semantics.md", *, device: ms.Device | str = "aut
     if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
         raise ms.ArgumentError(f"sync_every={sync_every!r} is outside [1, ∞)")
     out = Path(out)
+    if out.is_dir():
+        raise ms.ArgumentError(f"--out {str(out)!r} is a folder; expected the report's file "
+                               "name, e.g. docs/semantics.md")
     check_writable_dir(out.parent, label="--out's folder")
     dev, device_line = resolve_device(device)
+    if dev.kind == "host":
+        raise ms.ArgumentError(
+            "--device host: the exploration measures what crosses between the host and a "
+            "device, so it needs one; pass sim:1 (simulated) or cuda:N")
     say = log or (lambda _line: None)
     say(device_line)
     started = time.perf_counter()

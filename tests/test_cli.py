@@ -200,3 +200,33 @@ def test_the_module_entry_points_exit_with_the_status():
     helped = subprocess.run([sys.executable, "-m", "semantics", "--help"],
                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert helped.returncode == 0 and "--out" in helped.stdout
+
+
+def test_inspect_escapes_control_characters_in_a_files_metadata(capsys, tmp_path):
+    path = tmp_path / "m.safetensors"
+    ms.save(ms.layers.Dense(2, 2, seed=0), path, metadata={"note": "a\nb \x1b[31mRED"})
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "a\\nb \\x1b[31mRED" in out
+
+
+def test_inspect_refuses_a_file_that_is_not_regular(capsys, tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert main(["inspect", str(fifo)]) == 1
+    assert "not a regular file" in one_error_line(capsys.readouterr().err)
+
+
+def test_inspect_checks_the_device_before_printing(capsys, tmp_path):
+    path = tmp_path / "m.safetensors"
+    ms.save(ms.layers.Dense(2, 2, seed=0), path)
+    assert main(["inspect", str(path), "--device", "sim:9"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "sim:9" in one_error_line(captured.err)
+
+
+def test_a_negative_seed_is_a_usage_error(capsys):
+    assert main(["demo", "--seed", "-1"]) == 2
+    assert "outside [0, ∞)" in one_error_line(capsys.readouterr().err)

@@ -502,3 +502,14 @@ def test_a_non_float_dtype_is_an_argument_error(dtype):
 def test_a_bad_seed_names_the_argument(seed, error):
     with pytest.raises(error, match="seed="):
         layers.Dense(3, 2, seed=seed)
+
+
+def test_a_user_function_named_like_an_activation_is_not_swapped_for_ours():
+    def relu(x):  # a leaky variant that merely shares the name
+        return np.where(x > 0, x, 0.1 * x)
+
+    with pytest.raises(ms.ArgumentTypeError):
+        layers.Chain(layers.Dense(1, 1, seed=0), relu)
+    with pytest.raises(ms.ArgumentError):
+        layers.Dense(2, 2, activation=relu)
+    assert layers.Dense(2, 2, activation=layers.relu).activation == "relu"

@@ -194,3 +194,13 @@ def test_mse_of_an_empty_batch_is_nan_like_torch():
     empty = np.zeros((0, 2), np.float32)
     loss, grad = losses.mse.value_and_grad(empty, empty)
     assert np.isnan(float(loss)) and grad.shape == (0, 2)
+
+
+def test_cross_entropy_of_an_empty_batch_is_nan_without_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, grad = losses.cross_entropy.value_and_grad(
+            np.zeros((0, 3), np.float32), np.zeros(0, np.int64))
+    assert np.isnan(float(loss)) and grad.shape == (0, 3)

@@ -96,7 +96,7 @@ def test_without_matplotlib_the_report_says_so(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    out = semantics.run(tmp_path / "s.md", device="host", progress=False, steps=2,
+    out = semantics.run(tmp_path / "s.md", device="sim:1", progress=False, steps=2,
                         sync_every=1)
     text = out.read_text(encoding="utf-8")
     assert "*No plot: matplotlib is not installed" in text
@@ -127,3 +127,11 @@ def test_explore_bad_out_and_device_are_one_line_errors(capsys, tmp_path):
     assert main(["explore", "--out", str(tmp_path / "s.md"), "--device", "sim:9"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sim:9" in err and not (tmp_path / "s.md").exists()
+
+
+def test_explore_refuses_a_folder_and_the_host_before_any_work(capsys, tmp_path):
+    assert main(["explore", "--out", str(tmp_path), "--device", "sim:1"]) == 1
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["explore", "--out", str(tmp_path / "s.md"), "--device", "host"]) == 1
+    assert "needs one" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -183,3 +183,19 @@ def test_a_batch_that_is_not_a_pair_is_named():
     with pytest.raises(ms.ArgumentTypeError, match=r"data\[1\] is a ndarray; expected an \(x, y\)"):
         ms.train(model, [(np.ones((1, 2), "float32"), np.ones((1, 2), "float32")),
                          np.ones((1, 2))], losses.mse, NoOptimizer(), progress=False)
+
+
+def test_train_refuses_an_optimizer_bound_to_another_model_and_bad_rngs():
+    from modelsync import optim
+
+    model = layers.Dense(2, 2, seed=0)
+    before_copy = optim.SGD(ms.params(model), lr=0.1)
+    copy = ms.to_device(model, "sim:1")
+    data = [(np.ones((1, 2), "float32"), np.ones((1, 2), "float32"))]
+    with pytest.raises(ms.ArgumentError, match="bound to none of this model's Params"):
+        ms.train(copy, data, losses.mse, before_copy, progress=False)
+    with pytest.raises(ms.ArgumentTypeError, match="optimizer"):
+        ms.train(model, data, losses.mse, None, progress=False)
+    with pytest.raises(ms.ArgumentTypeError, match="rng="):
+        ms.backprop(model, losses.mse, *data[0], rng="seed")
+    ms.train(model, data, losses.mse, before_copy, progress=False, rng=3)  # an int seed is fine

@@ -81,6 +81,8 @@ def read(path: Any, *, header_only: bool = False) -> RawFile:
     where = check_path(path)
     if where.is_dir():
         raise LoadError(f"{where}: is a directory, expected a safetensors file")
+    if where.exists() and not where.is_file():  # a FIFO would block, /dev/zero never ends
+        raise LoadError(f"{where}: not a regular file, expected a safetensors file")
     try:
         with open(where, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size

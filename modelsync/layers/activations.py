@@ -89,11 +89,17 @@ ACTIVATIONS: dict[str, tuple[Callable[[Any], Any], Callable[[Any, Any, Any], Any
 }
 
 
+def _is_ours(function: Any) -> bool:
+    """True only for this module's own activation functions: a user's function that happens
+    to be called ``relu`` must not be swapped for ours."""
+    return any(function is forward for forward, _ in ACTIVATIONS.values())
+
+
 def check_activation(name: str | None, argument: str = "activation") -> str | None:
     """The activation's name (accepting the functions above too), or ArgumentError."""
     if name is None:
         return None
-    if callable(name) and getattr(name, "__name__", None) in ACTIVATIONS:
+    if _is_ours(name):
         return name.__name__
     if isinstance(name, str) and name in ACTIVATIONS:
         return name
@@ -146,7 +152,7 @@ def as_layer(item: Any, argument: str) -> Any:
     Activation layers, anything else is a TypeError naming ``argument``."""
     if is_layer(item):
         return item
-    if isinstance(item, str) or callable(item) and getattr(item, "__name__", "") in ACTIVATIONS:
+    if isinstance(item, str) or _is_ours(item):
         return Activation(check_activation(item, argument))
     raise ArgumentTypeError(
         f"{argument} is a {type(item).__name__}; expected a layer registered with @ms.layer "

@@ -7,6 +7,7 @@ Calling a layer, ``layer(x)``, runs ``forward`` in evaluation mode and returns `
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -56,8 +57,27 @@ def call(model: Any, x: Any, *, train: bool = False, rng: np.random.Generator | 
          ) -> Any:
     """Run ``model`` on ``x`` (evaluation mode unless ``train``) and return its output."""
     require_model(model)
-    y, _ = model.forward(x, Context(train=train, rng=rng))
+    with on_model_device(model):
+        y, _ = model.forward(x, Context(train=train, rng=check_rng(rng)))
     return y
+
+
+def check_rng(rng: Any) -> np.random.Generator | None:
+    """``rng`` as a Generator: None (fresh entropy), a Generator, or an int seed."""
+    if rng is None or isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool) and rng >= 0:
+        return np.random.default_rng(int(rng))
+    raise ArgumentTypeError(
+        f"rng={rng!r} is a {type(rng).__name__}; expected None, a non-negative int seed or a "
+        "numpy.random.Generator")
+
+
+def on_model_device(model: Any) -> Any:
+    """Make the model's GPU current while it runs (CuPy creates arrays and launches kernels
+    on the current GPU); nothing to do elsewhere."""
+    dev = param_device(model)
+    return dev.native if dev is not None and dev.kind == "cuda" else contextlib.nullcontext()
 
 
 def param_device(node: Any) -> Device | None:

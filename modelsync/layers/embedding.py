@@ -79,14 +79,23 @@ class Embedding:
 def _scatter_add_rows(xp: Any, flat: Any, dy2: Any, num: int) -> Any:
     """A ``(num, dim)`` array whose row ``i`` sums the rows of ``dy2`` where ``flat == i``.
 
-    NumPy uses ``np.add.at``; other backends build a one-hot ``(n, num)`` matrix and compute
-    ``onehot.T @ dy2``, which the array API can express (it has no scatter-add) and which is
-    exact: each output entry is a sum of the same terms.
+    NumPy uses ``np.add.at`` and CuPy ``cupyx.scatter_add`` (memory of the gradient only);
+    the simulated device builds a one-hot ``(n, num)`` matrix and computes ``onehot.T @ dy2``,
+    which the array API can express (it has no scatter-add): each entry sums the same terms,
+    though a non-finite ``dy2`` entry spreads NaN over its column there.
     """
     if isinstance(dy2, np.ndarray):
         grad = np.zeros((num, dy2.shape[1]), dtype=dy2.dtype)
         np.add.at(grad, flat, dy2)
         return grad
-    classes = xp.arange(num, dtype=flat.dtype, device=flat.device)
+    if type(dy2).__module__.startswith("cupy"):
+        import cupy
+        import cupyx
+
+        grad = cupy.zeros((num, dy2.shape[1]), dtype=dy2.dtype)
+        cupyx.scatter_add(grad, flat.astype(cupy.int64), dy2)
+        return grad
+    flat = xp.astype(flat, xp.int64)  # int8/int16 indices cannot count past their range
+    classes = xp.arange(num, dtype=xp.int64, device=flat.device)
     onehot = xp.astype(xp.reshape(flat, (-1, 1)) == xp.reshape(classes, (1, -1)), dy2.dtype)
     return xp.matrix_transpose(onehot) @ dy2

@@ -355,7 +355,11 @@ class Optimizer:
         slot.fn = None
         slot.flat = []
         if dev.kind != "host" or not self._fast:
-            slot.kernel = self._update_cuda if dev.kind == "cuda" else self._update_xp
+            # CuPy's float16 has no arithmetic of its own: a fused kernel would compute a whole
+            # statement in float32 and round once, unlike the host; float16 takes the
+            # array-API path, which rounds after every operation.
+            fused = dev.kind == "cuda" and dtype_name(dtype) != "float16"
+            slot.kernel = self._update_cuda if fused else self._update_xp
             return
         size = int(np.prod(shape, dtype=np.int64))
         if contiguous and self._use_compiled(size, dtype):

@@ -94,7 +94,7 @@ class Momentum(Optimizer):
         kernel = elementwise(
             "nesterov" if self.nesterov else "momentum",
             "T grad, T momentum, T lr, int32 first", "T param, T buf",
-            f"T b = first ? grad : momentum * buf + grad; buf = b; param -= lr * ({step});")
+            f"T b = first ? grad : T(momentum * buf + grad); buf = b; param -= lr * ({step});")
         with on_device(slot):
             kernel(grad, self.momentum, self.lr, int(slot.step == 1), data, slot.arrays[0])
 

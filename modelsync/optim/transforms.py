@@ -3,6 +3,7 @@ alone, so they compose in front of a rule with `chain` (WeightDecay, ClipNorm, C
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -65,7 +66,9 @@ class ClipValue(Optimizer):
 
     def _update_cuda(self, _: Any, grad: Any, slot: Slot) -> None:
         with on_device(slot):
-            slot.xp.clip(grad, -self.limit, self.limit, out=grad)
+            import cupy  # cupy.clip runs one kernel; the compat clip(out=) masks on the host
+
+            cupy.clip(grad, -self.limit, self.limit, out=grad)
 
 
 class ClipNorm(Optimizer):
@@ -107,7 +110,10 @@ class ClipNorm(Optimizer):
     def _clip_devices(self, groups: dict[Any, list[Any]]) -> None:
         devices = list(groups)
         primary = devices[0]
-        sums = {dev: _sum_of_squares(gs) for dev, gs in groups.items()}
+        sums = {}
+        for dev, gs in groups.items():
+            with _current(dev):
+                sums[dev] = _sum_of_squares(gs)
         total_sq = sums[primary]
         for dev in devices[1:]:
             total_sq = total_sq + copy_to(sums[dev], primary, reason="ClipNorm global norm",
@@ -118,8 +124,14 @@ class ClipNorm(Optimizer):
             here = coef if dev == primary else copy_to(coef, dev, reason="ClipNorm global norm",
                                                        what="grad")
             gxp = namespace(here)
-            for g in gs:
-                g *= gxp.astype(here, g.dtype)
+            with _current(dev):
+                for g in gs:
+                    g *= gxp.astype(here, g.dtype)
+
+
+def _current(dev: Any) -> Any:
+    """The context that makes ``dev`` the current GPU (CuPy launches on the current one)."""
+    return dev.native if dev.kind == "cuda" else contextlib.nullcontext()
 
 
 def _sum_of_squares(grads: list[Any]) -> Any:
