@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .errors import ModelSyncError
 
@@ -96,24 +96,22 @@ def _progress_option(parser: argparse.ArgumentParser) -> None:
                         help="no progress bars (they go to stderr, and only to a terminal)")
 
 
-def _natural(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is outside [0, ∞)")
-    return value
+def _int_from(low: int) -> Any:
+    """An argparse type: an integer in [low, ∞), or a usage error saying so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is outside [{low}, ∞)")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is outside [1, ∞)")
-    return value
+_natural, _positive_int = _int_from(0), _int_from(1)
 
 
 # -- commands -----------------------------------------------------------------------------
