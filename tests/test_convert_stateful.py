@@ -52,6 +52,7 @@ class ConversionMachine(RuleBasedStateMachine):
             model = build(seed)
             self.handles.append(Handle(model, self._new_cell(read(model)), graph))
         self.batch_rng = np.random.default_rng(0)
+        self._next_graph = 2
 
     def _new_cell(self, values: dict[str, np.ndarray]) -> int:
         key = len(self.cells)
@@ -138,6 +139,22 @@ class ConversionMachine(RuleBasedStateMachine):
         original = h.wrapper_of
         original.wrapped_by, h.wrapper_of = None, None
         h.cell = self._new_cell(self.cells[h.cell])
+
+    @rule(index=st.integers(0, 50), seed=st.integers(0, 5))
+    def replace_a_layer(self, index: int, seed: int) -> None:
+        """Change the tree itself (what cached walks and sync plans must notice): the last
+        layer becomes a new Dense on the same device, so the model is a graph of its own."""
+        h = self._pick(index)
+        if self._linked(h):
+            return  # a wrap link is per Param: replacing linked Params is not this test's job
+        dev = ms.params(h.model)[0].device
+        fresh = ms.to_device(layers.Dense(4, 2, dtype="float64", seed=100 + seed), dev)
+        ms.named_params(h.model)  # walked (and cached) after the new layer was made...
+        h.model.layers[1] = fresh  # ...so only this change can tell the cache it is stale
+        h.graph = self._next_graph
+        self._next_graph += 1
+        for name, p in ms.named_params(fresh).items():
+            self.cells[h.cell][f"layers.1.{name}"] = to_numpy(p.value)
 
     @rule(index=st.integers(0, 50))
     def to_host(self, index: int) -> None:
