@@ -61,10 +61,10 @@ class TrackedList(list):
     """A list whose changes invalidate cached tree walks (layers hold their children in one,
     e.g. ``Chain.layers``); otherwise an ordinary list."""
 
-    for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend",
-                  "insert", "pop", "remove", "clear", "sort", "reverse"):
-        locals()[_name] = _mutator(_name)
-    del _name
+
+for _method in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend",
+                "insert", "pop", "remove", "clear", "sort", "reverse"):
+    setattr(TrackedList, _method, _mutator(_method))
 
 
 def register_layer(cls: type, name: str | None = None) -> type:
