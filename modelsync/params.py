@@ -11,6 +11,10 @@ from .devices import Device, device_of, dtype_name, is_array, nbytes_of
 from .errors import ArgumentError, ArgumentTypeError, DeviceMismatchError
 from .transfers import copy_to
 
+#: How many times any Param's storage was re-homed: lets an optimizer skip looking for moved
+#: Params on every step when nothing has moved since its last one.
+rehomes = 0
+
 
 class Param:
     """One trainable array.
@@ -155,6 +159,8 @@ class Param:
     # -- storage management (conversion's business) ---------------------------------------
     def _rehome(self, data: Any, grad: Any = None) -> None:
         """Point this Param at new storage (mode="move"); the old storage is dropped."""
+        global rehomes
+        rehomes += 1
         if self._store is not None:
             self._store.broken = True
             self._store = None

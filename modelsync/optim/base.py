@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .. import kernels
+from .. import params as params_module
 from ..devices import HOST, Device, dtype_name, is_array
 from ..errors import ArgumentError, ArgumentTypeError, ModelSyncError
 from ..params import Param
@@ -93,6 +94,7 @@ class Optimizer:
         self._params, self._paths = bind_params(params)
         self._slots: dict[Param, Slot] = {}
         self._plan = None
+        self._seen_rehomes = -1  # Param re-homings seen at the last step (see step)
         self._memo: dict[Any, tuple[Any, ...]] = {}  # this step's kernel scalars, per dtype
 
     # -- what it is bound to ---------------------------------------------------------------
@@ -144,11 +146,14 @@ class Optimizer:
         self._memo.clear()
         # State that must follow a moved Param moves before any Param is updated, so a
         # refused transfer (transfer_guard) fails the step as a whole.
-        for p in plan.singles:
-            slot = self._slots.get(p)
-            if slot is not None and p.grad is not None and slot.device != p.device:
-                self._follow(p, slot)
-                plan.stale = True  # it may now be part of a flat store
+        rehomes = params_module.rehomes
+        if self._seen_rehomes != rehomes:  # (nothing can have moved otherwise)
+            for p in plan.singles:
+                slot = self._slots.get(p)
+                if slot is not None and p.grad is not None and slot.device != p.device:
+                    self._follow(p, slot)
+                    plan.stale = True  # it may now be part of a flat store
+            self._seen_rehomes = rehomes
         for group in plan.groups:
             if not group.run():
                 self._fall_back(group, plan)
