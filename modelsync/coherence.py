@@ -23,6 +23,9 @@ from .transfers import copy_to
 from .tree import params
 
 BOTH, ORIGINAL, TWIN = "both", "original", "twin"
+#: Host arrays made read-only for wrapped originals: id -> [array, writable view, users]
+#: (two Params may be built over one array; the last to unlink makes it writable again).
+_protected: dict[int, list[Any]] = {}
 _collecting = False  # True while a collected wrapper is being detached (see _forget)
 
 
@@ -44,12 +47,19 @@ class Link:
         """Make the original's host array read-only, so a raw write raises instead of being
         lost; the Param keeps a writable view for writes through the API."""
         data = self.original._data
-        if isinstance(data, np.ndarray) and data.flags.writeable:
-            writable = data.view()
+        if not isinstance(data, np.ndarray):
+            return
+        entry = _protected.get(id(data))
+        if entry is not None and entry[0] is data:  # another Param over the same array
+            entry[2] += 1
+        elif data.flags.writeable:
+            entry = _protected[id(data)] = [data, data.view(), 1]  # (view made while writable)
             data.flags.writeable = False
-            self._host_array = data
-            self.original._data = writable
-            self.original._readonly = data
+        else:
+            return
+        self._host_array = data
+        self.original._data = entry[1]
+        self.original._readonly = data
 
     def _side(self, p: Param) -> str:
         return ORIGINAL if p is self.original else TWIN
@@ -72,9 +82,16 @@ class Link:
 
     def unlink(self) -> None:
         """Cut the link: the original becomes writable again and each side independent."""
-        if self._host_array is not None:
-            self._host_array.flags.writeable = True
-            self.original._data = self._host_array
+        array = self._host_array
+        if array is not None:
+            entry = _protected[id(array)]
+            entry[2] -= 1
+            if entry[2] == 0:  # the last Param over this array lets it go
+                del _protected[id(array)]
+                array.flags.writeable = True
+                self.original._data = array
+            else:  # still protected for another Param: keep writing through the view
+                self.original._data = entry[1]
             self._host_array = None
         self.original._readonly = None
         self.original._link = None

@@ -121,9 +121,9 @@ def _move(model: Any, target: Device) -> Any:
         grads = [None if p._grad is None else copy_to(p._grad, target, reason=reason, what="grad")
                  for p in group]
         staged.append((group, buffer, grads))
+    moved = rebuild(model, lambda p: p)  # (before any Param changes: it may still fail)
     for group, buffer, grads in staged:
         flat.adopt(group, buffer, grads)
-    moved = rebuild(model, lambda p: p)
     mark_moved(model, str(target))
     return moved
 
@@ -131,8 +131,8 @@ def _move(model: Any, target: Device) -> Any:
 def _wrap(model: Any, target: Device) -> Any:
     coherence.check_unlinked(model, "wrap")
     twins = _flat_twins(params(model), target, "to_device(mode='wrap')")
+    wrapper = rebuild(model, lambda p: twins[id(p)])  # (before linking: it may still fail)
     wrapping = coherence.link_params(model, twins)
-    wrapper = rebuild(model, lambda p: twins[id(p)])
     coherence.register_wrapper(wrapper, wrapping)
     return wrapper
 
@@ -149,14 +149,14 @@ def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
     require_model(src, "src")
     if dst is src:
         raise ArgumentError("sync: dst and src are the same model; there is nothing to copy")
-    groups, ties = _sync_plan(dst, src, check)
+    groups, ties, aliased = _sync_plan(dst, src, check)
     for first, path, kept, other in ties:
         if not _equal(kept, other):
             raise GraphMismatchError(
                 f"{first} and {path}: dst ties them to one Param but src holds two Params with "
                 "different values there; untie dst or sync from a model with the same ties")
     # Stage every value on dst's device first: a failed transfer leaves dst unchanged.
-    staged = [staging for group in groups for staging in _stage(group)]
+    staged = [staging for group in groups for staging in _stage(group, aliased)]
     # Then every wrap-mode pull (a soft update reads dst) before the first write.
     for targets, _, _ in staged:
         for d in targets:
@@ -211,7 +211,7 @@ def _matched_pairs(dst: Any, src: Any, check: str
     return [(dp, sp) for _, dp, sp in chosen.values()], ties
 
 
-Plan = tuple[list[list[tuple[Param, Param]]], list[tuple[str, str, Param, Param]]]
+Plan = tuple[list[list[tuple[Param, Param]]], list[tuple[str, str, Param, Param]], bool]
 _PLAN_CACHE_SIZE = 64
 _plans: dict[tuple[int, int, str], tuple[int, Any, Any, Plan]] = {}
 
@@ -226,7 +226,9 @@ def _sync_plan(dst: Any, src: Any, check: str) -> Plan:
             and entry[1]() is dst and entry[2]() is src:
         return entry[3]
     pairs, ties = _matched_pairs(dst, src, check)
-    plan = (_pair_groups(pairs), ties)
+    written = {id(d) for d, _ in pairs}
+    aliased = any(id(s) in written for _, s in pairs)  # a src Param dst also writes
+    plan = (_pair_groups(pairs), ties, aliased)
     if epoch is not None:
         if len(_plans) >= _PLAN_CACHE_SIZE:
             _plans.pop(next(iter(_plans)))
@@ -253,22 +255,27 @@ def _pair_groups(pairs: list[tuple[Param, Param]]) -> list[list[tuple[Param, Par
     return list(groups.values())
 
 
-def _stage(group: list[tuple[Param, Param]]) -> list[tuple[list[Param], Any, Any]]:
+def _stage(group: list[tuple[Param, Param]], aliased: bool
+           ) -> list[tuple[list[Param], Any, Any]]:
     """(dst Params, the storage to write, the values on its device): one whole buffer when
-    both sides are intact flat stores of the same layout, else one entry per Param."""
+    both sides are intact flat stores of the same layout, else one entry per Param. When
+    ``aliased`` (a src Param is also written as a dst Param) values are snapshots, so no
+    write can change what a later one reads."""
     dsts, srcs = [d for d, _ in group], [s for _, s in group]
     dst_store, src_store = flat.intact_store(dsts), flat.intact_store(srcs)
     if len(group) > 1 and dst_store is not None and src_store is not None \
             and dst_store.sizes == src_store.sizes:
         values = flat.gather(srcs, read=lambda p: p.value)
-        return [(dsts, dst_store.buffer, _on(values, dst_store.device))]
-    return [([d], d._data, _on(s.value, d.device)) for d, s in group]
+        return [(dsts, dst_store.buffer, _on(values, dst_store.device, aliased))]
+    return [([d], d._data, _on(s.value, d.device, aliased)) for d, s in group]
 
 
-def _on(values: Any, target: Device) -> Any:
+def _on(values: Any, target: Device, snapshot: bool) -> Any:
+    """``values`` on ``target``: a counted transfer, or (same device) the values themselves,
+    copied when a ``snapshot`` is needed."""
     if device_of(values) != target:
         return copy_to(values, target, reason="sync")
-    return values
+    return copy_to(values, target, reason="sync") if snapshot else values
 
 
 def _write(data: Any, values: Any, tau: float) -> None:

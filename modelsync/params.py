@@ -169,6 +169,19 @@ class Param:
         self._device = device_of(data)
         self._readonly = None
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Param:
+        """``copy.deepcopy`` (of a model, e.g. a target network): a Param with its own copy of
+        the current values and gradient, in no flat store and linked to nothing."""
+        data = self.value
+        twin = Param._view(data.copy() if hasattr(data, "copy") else self._device.xp.asarray(
+            data, copy=True), self._device, name=self.name, origin=self.origin, store=None)
+        if self._grad is not None:
+            grad = self._grad
+            twin._grad = grad.copy() if hasattr(grad, "copy") else self._device.xp.asarray(
+                grad, copy=True)
+        memo[id(self)] = twin
+        return twin
+
     def __repr__(self) -> str:
         label = f"{self.name!r}, " if self.name else ""
         return (f"Param({label}shape={self.shape}, dtype={dtype_name(self.dtype)}, "

@@ -83,6 +83,7 @@ def register_layer(cls: type, name: str | None = None) -> type:
         _LAYER_TYPES.discard(known)
     _REGISTRY[key] = cls
     _LAYER_TYPES.add(cls)
+    _bump()  # a tree walked before may hold instances of this class as configuration
     _FIELD_NAMES.pop(cls, None)
     cls.__ms_layer_name__ = key
     return cls
@@ -127,6 +128,13 @@ def require_model(model: Any, argument: str = "model") -> None:
             f"{argument} is a {type(model).__name__}; expected a model: a tree of layers "
             "registered with @ms.layer")
     check_not_moved(model)
+    moved = _walk_entry(model)[2]
+    if moved is not None:
+        path, where = moved
+        raise MovedError(
+            f"this {layer_name(model)} holds the layer {path}, which was moved to {where} by "
+            "to_device(mode=\"move\") and no longer owns its Params; rebuild this model "
+            "around the model that to_device returned")
 
 
 # -- traversal ----------------------------------------------------------------------------
@@ -150,23 +158,41 @@ def param_paths(model: Any) -> list[tuple[str, Param]]:
 
 
 def _cached_walk(model: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Param]]]:
+    found, with_params, _ = _walk_entry(model)
+    return found, with_params
+
+
+Walk = tuple[list[tuple[str, Any]], list[tuple[str, Param]], "tuple[str, str] | None"]
+
+
+def _walk_entry(model: Any) -> Walk:
+    """The walk of ``model``: its nodes, its Params, and the first layer in it that was moved
+    away (path, where), if any; from the cache while the structure epoch holds."""
     entry = _walks.get(id(model))
     if entry is not None and entry[0] == _epoch and entry[1]() is model:
-        return entry[2], entry[3]
+        return entry[2]
     found: list[tuple[str, Any]] = []
     watchable = [True]
     _walk_layer(model, "", found, watchable)
     with_params = [(path, node) for path, node in found if type(node) is Param]
+    moved = None
+    if _moved:
+        for path, node in found:
+            mark = _moved.get(id(node))
+            if mark is not None and mark[0]() is node:
+                moved = (path, mark[1])
+                break
+    walked: Walk = (found, with_params, moved)
     if watchable[0]:
         key = id(model)
         try:  # the entry goes when the model does (it holds the model's nodes, not the model)
             ref = weakref.ref(model, lambda dead, key=key: _evict(key, dead))
         except TypeError:
-            return found, with_params
+            return walked
         if len(_walks) >= _CACHE_SIZE:
             _walks.pop(next(iter(_walks)))
-        _walks[id(model)] = (_epoch, ref, found, with_params)
-    return found, with_params
+        _walks[id(model)] = (_epoch, ref, walked)
+    return walked
 
 
 def structure_epoch(*models: Any) -> int | None:
@@ -199,12 +225,15 @@ def _walk_value(value: Any, path: str, found: list[tuple[str, Any]], watchable: 
     elif kind in _LAYER_TYPES:
         found.append((path, value))
         _walk_layer(value, path + ".", found, watchable)
-    elif (kind is list or kind is tuple or isinstance(value, (list, tuple))) and value \
-            and is_container(value):
-        if kind is not tuple and kind is not TrackedList:
-            watchable[0] = False  # a plain list can change unseen: do not cache this tree
-        for i, item in enumerate(value):
-            _walk_value(item, f"{path}.{i}", found, watchable)
+    elif kind in _PLAIN:
+        pass
+    else:
+        if kind is not tuple and kind is not TrackedList and (
+                isinstance(value, (list, dict, set, bytearray)) or hasattr(value, "__dict__")):
+            watchable[0] = False  # it can change in place unseen: do not cache this tree
+        if isinstance(value, (list, tuple)) and value and is_container(value):
+            for i, item in enumerate(value):
+                _walk_value(item, f"{path}.{i}", found, watchable)
 
 
 class ParamList(list):
@@ -348,6 +377,7 @@ def mark_moved(model: Any, where: str) -> None:
         except TypeError:  # a layer class without weakref support: keep it alive instead
             ref = lambda node=node: node  # noqa: E731
         _moved[key] = (ref, where)
+    _bump()  # walks that hold these layers must now say so
 
 
 def check_not_moved(model: Any) -> None:

@@ -545,3 +545,79 @@ def test_a_same_device_copy_shares_no_memory_with_its_source(flat_source):
 def test_a_tau_past_float_range_is_outside_the_interval():
     with pytest.raises(ValueError, match=r"outside \(0, 1\]"):
         ms.sync(build(), build(), check="structure", tau=10**400)
+
+
+# -- regressions found in the fourth review -----------------------------------------------------
+def test_a_deep_copied_converted_model_is_independent_and_syncs():
+    import copy
+
+    model = ms.to_host(build())  # flat
+    target = copy.deepcopy(model)
+    assert all(p._store is None for p in ms.params(target))
+    zeros = ms.to_host(model)
+    for p in ms.params(zeros):
+        p.assign(np.zeros(p.shape, dtype=p.dtype))
+    ms.sync(target, zeros)
+    assert all(not to_numpy(p.value).any() for p in ms.params(target))
+    assert any(to_numpy(p.value).any() for p in ms.params(model))
+
+
+class _Pair(tuple):
+    def __new__(cls, a, b):  # a container that rebuild cannot remake
+        return super().__new__(cls, (a, b))
+
+
+@ms.layer
+class ConvertTestPairHolder:
+    ps: _Pair
+
+    def forward(self, x, ctx):
+        return x, lambda dy: dy
+
+
+@pytest.mark.parametrize("mode", ["move", "wrap"])
+def test_a_conversion_that_fails_to_rebuild_changes_nothing(mode):
+    model = ConvertTestPairHolder(_Pair(ms.Param(np.ones(2, "float32")),
+                                        ms.Param(np.ones(2, "float32"))))
+    with pytest.raises(TypeError):
+        ms.to_device(model, "sim:1", mode=mode)
+    assert all(p.device == ms.device("host") and p._link is None for p in ms.params(model))
+
+
+@ms.layer
+class ConvertTestTwo:
+    a: ms.Param
+    b: ms.Param
+
+    def forward(self, x, ctx):
+        return x, lambda dy: dy
+
+
+def test_two_params_over_one_host_array_can_be_wrapped_read_and_detached():
+    shared = np.zeros(2, "float32")
+    model = ConvertTestTwo(ms.Param(shared), ms.Param(shared))
+    wrapper = ms.to_device(model, "sim:1", mode="wrap")
+    ms.params(wrapper)[1].assign(ms.to_device(np.ones(2, "float32"), "sim:1"))
+    np.testing.assert_array_equal(model.b.value, np.ones(2, "float32"))
+    ms.detach(wrapper)
+    assert shared.flags.writeable
+    model.a.assign(np.full(2, 3.0, "float32"))
+
+
+def test_sync_from_a_model_that_aliases_dst_params_reads_values_before_any_write():
+    a, b = layers.Dense(2, 2, bias=False), layers.Dense(2, 2, bias=False)
+    a.weight.assign(np.zeros((2, 2), "float32"))
+    b.weight.assign(np.ones((2, 2), "float32"))
+    ms.sync(layers.Chain(a, b), layers.Chain(b, a), check="structure")  # a swap
+    assert a.weight.value[0, 0] == 1.0 and b.weight.value[0, 0] == 0.0
+
+
+def test_a_model_holding_a_moved_layer_refuses_use():
+    d1, d2 = layers.Dense(2, 2), layers.Dense(2, 2)
+    model = layers.Chain(d1, d2)
+    ms.params(model)  # walked (and cached) before the move
+    ms.to_device(d1, "sim:1", mode="move")
+    for use in (lambda: ms.params(model), lambda: model(np.ones((1, 2), "float32")),
+                lambda: ms.to_device(model, "host")):
+        with pytest.raises(ms.MovedError, match=r"layers\.0.*moved to sim:1"):
+            use()

@@ -385,3 +385,30 @@ def test_the_cache_does_not_keep_a_dropped_model_alive():
     del model
     gc.collect()
     assert watched() is None
+
+
+@ms.layer
+class TreeTestBag:
+    blocks: list = attrs.field(factory=list)
+
+
+def test_an_empty_plain_list_is_not_cached_either():
+    bag = TreeTestBag()
+    assert ms.params(bag) == []
+    bag.blocks.append(layers.Dense(2, 2))
+    assert len(ms.params(bag)) == 2
+
+
+def test_registering_a_class_late_is_seen_by_earlier_walks():
+    @attrs.define(eq=False)
+    class TreeTestLateHead:
+        w: Param
+
+    @ms.layer
+    class TreeTestNet:
+        head: object
+
+    net = TreeTestNet(TreeTestLateHead(Param(np.ones(3, "float32"))))
+    assert ms.params(net) == []
+    ms.layer(TreeTestLateHead)
+    assert len(ms.params(net)) == 1
