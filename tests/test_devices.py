@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import modelsync as ms
-from modelsync import devices
 from modelsync.devices import HOST, Device, cuda_status, device_of, dtype_name, is_array, nbytes_of
 from modelsync.transfers import copy_to
 
@@ -191,12 +190,6 @@ def test_xp_and_native() -> None:
     assert ms.device("sim:1").xp is array_api_strict
     natives = {ms.device("sim:1").native, ms.device("sim:2").native}
     assert natives == {array_api_strict.Device("device1"), array_api_strict.Device("device2")}
-
-
-def test_dtype_on() -> None:
-    assert devices.dtype_on(HOST, "float32") is np.float32
-    with pytest.raises(ms.ArgumentTypeError, match="'float128x'"):
-        devices.dtype_on(ms.device("sim:1"), "float128x")
 
 
 # -- sim arrays refuse to mix, as CuPy's do --------------------------------------------------
