@@ -226,13 +226,3 @@ def nbytes_of(array: Any) -> int:
     """The size of an array's data in bytes, on any device (array_api_strict dtypes have no
     ``itemsize``, so it is read from the NumPy dtype of the same name)."""
     return int(array.size) * np.dtype(dtype_name(array.dtype)).itemsize
-
-
-def dtype_on(dev: Device, name: str) -> Any:
-    """The dtype object called ``name`` in ``dev``'s namespace."""
-    xp = dev.xp
-    try:
-        return getattr(xp, name)
-    except AttributeError:
-        raise ArgumentTypeError(f"dtype={name!r} is not a dtype on {dev}") from None
-
