@@ -60,8 +60,11 @@ def to_device(model: Any, device: Device | str = "auto", *, mode: str = "copy") 
 
 
 def to_host(model: Any, *, mode: str = "copy") -> Any:
-    """Convert ``model`` for the host; a wrapper gives back its original, brought up to date."""
+    """Convert ``model`` for the host; a wrapper gives back its original, brought up to date.
+    A plain array is copied to the host (counted as data)."""
     _check_mode(mode)
+    if not is_layer(model) and is_array(model):
+        return to_device(model, HOST, mode=mode)
     require_model(model)
     wrapping = coherence.wrapping_of(model)
     if wrapping is None:

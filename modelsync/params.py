@@ -72,6 +72,32 @@ class Param:
                 return self._readonly
         return self._data
 
+    @value.setter
+    def value(self, _: Any) -> None:
+        raise ArgumentTypeError(
+            "Param.value cannot be rebound; write new values in place with p.assign(array)")
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise ArgumentTypeError(
+            "a Param is not an array (it is compared by identity); use p.value for its values")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling keeps the values, gradient, name and origin: not a wrap-mode link or a
+        flat store, which belong to this process's objects."""
+        return {"data": self.value, "grad": self._grad, "name": self.name, "origin": self.origin}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        data = state["data"]  # (a wrapped original's values arrive read-only: own a copy)
+        writable = not isinstance(data, np.ndarray) or data.flags.writeable
+        self._data = data if writable else data.copy()
+        self._grad = state["grad"]
+        self._device = device_of(self._data)
+        self._readonly = None
+        self._link = None
+        self._store = None
+        self.name = state["name"]
+        self.origin = state["origin"]
+
     @property
     def device(self) -> Device:
         return self._device
@@ -105,7 +131,12 @@ class Param:
         self._grad = value
 
     def accumulate_grad(self, delta: Any) -> None:
-        """Add ``delta`` to ``.grad`` (creating it): what backward passes call."""
+        """Add ``delta`` to ``.grad`` (creating it): what backward passes call. A delta of
+        another shape, dtype or array type (a custom layer's bug) is refused, not broadcast."""
+        data = self._data
+        if (type(delta) is not type(data) or delta.shape != data.shape
+                or delta.dtype != data.dtype):
+            self._check_compatible("accumulate_grad", delta)
         if self._grad is None:
             self._grad = delta
         else:

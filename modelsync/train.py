@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from .devices import Device, device
 from .errors import ArgumentError, ArgumentTypeError
-from .layers.base import Context, check_rng, on_model_device, param_device
+from .layers.base import Context, check_rng, forward_pair, on_model_device, param_device
 from .losses import Loss
 from .transfers import to_device_array
 from .tree import params, require_model
@@ -25,7 +25,7 @@ def backprop(model: Any, loss_fn: Loss, x: Any, y: Any, *, rng: Any = None) -> f
             f"loss_fn is a {type(loss_fn).__name__}; expected a loss from modelsync.losses "
             "(mse, cross_entropy, binary_cross_entropy)")
     with on_model_device(model):
-        out, pullback = model.forward(x, Context(train=True, rng=check_rng(rng)))
+        out, pullback = forward_pair(model, x, Context(train=True, rng=check_rng(rng)))
         loss, d_out = loss_fn.value_and_grad(out, y)
         pullback(d_out)
         return float(loss)
@@ -91,9 +91,15 @@ def _pair(item: Any, index: int) -> tuple[Any, Any]:
 
 
 def _resolve(spec: Device | str | None, model: Any) -> Device:
-    if spec is not None:
-        return device(spec)
     found = param_device(model)
+    if spec is not None:
+        wanted = device(spec)
+        if found is not None and wanted != found:
+            raise ArgumentError(
+                f"device={spec!r}, but the model's Params are on {found}: batches must go where "
+                f"the model is; convert the model first (ms.to_device(model, {str(wanted)!r})) "
+                "or leave device=None")
+        return wanted
     if found is None:
         raise ArgumentError("device=None but the model has no Params to say where it lives; "
                             "pass device=")

@@ -66,6 +66,8 @@ class TransferLedger:
 
     def bytes_of(self, what: str) -> int:
         """Bytes moved carrying ``what`` ("param", "state", "grad" or "data")."""
+        if what not in WHATS:
+            raise ArgumentError(f"what={what!r} is not a transfer kind; expected one of {WHATS}")
         return sum(e.bytes for e in self.events if e.what == what)
 
     def __repr__(self) -> str:

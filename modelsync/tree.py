@@ -234,6 +234,12 @@ def _walk_value(value: Any, path: str, found: list[tuple[str, Any]], watchable: 
         if isinstance(value, (list, tuple)) and value and is_container(value):
             for i, item in enumerate(value):
                 _walk_value(item, f"{path}.{i}", found, watchable)
+        elif isinstance(value, dict) and any(
+                isinstance(v, Param) or is_layer(v) or is_container(v) for v in value.values()):
+            raise ArgumentTypeError(
+                f"{path}: a dict of Params or layers is not part of a model tree (its Params "
+                "would be left out of params, conversions and saves); hold them in a list or "
+                "tuple, or in fields of their own")
 
 
 class ParamList(list):

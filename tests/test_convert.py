@@ -621,3 +621,10 @@ def test_a_model_holding_a_moved_layer_refuses_use():
                 lambda: ms.to_device(model, "host")):
         with pytest.raises(ms.MovedError, match=r"layers\.0.*moved to sim:1"):
             use()
+
+
+def test_to_host_copies_a_plain_array():
+    x = ms.to_device(np.arange(3.0), "sim:1")
+    with ms.track_transfers() as t:
+        back = ms.to_host(x)
+    assert isinstance(back, np.ndarray) and t.d2h_bytes == 24 and t.events[0].what == "data"

@@ -513,3 +513,36 @@ def test_a_user_function_named_like_an_activation_is_not_swapped_for_ours():
     with pytest.raises(ms.ArgumentError):
         layers.Dense(2, 2, activation=relu)
     assert layers.Dense(2, 2, activation=layers.relu).activation == "relu"
+
+
+@ms.layer
+class LayersTestForgetful:
+    w: ms.Param
+
+    def forward(self, x, ctx):
+        return x  # forgot the pullback
+
+
+def test_a_forward_that_returns_no_pullback_is_named():
+    model = LayersTestForgetful(ms.Param(np.ones(2, "float32")))
+    with pytest.raises(ms.ArgumentTypeError, match=r"must return \(y, pullback\)"):
+        model(np.ones(2, "float32"))
+    with pytest.raises(ms.ArgumentTypeError, match=r"must return \(y, pullback\)"):
+        ms.backprop(model, losses.mse, np.ones(2, "float32"), np.ones(2, "float32"))
+
+
+@ms.layer
+class LayersTestDictHolder:
+    ps: dict
+
+
+def test_params_in_a_dict_field_are_refused_not_left_out():
+    model = LayersTestDictHolder({"a": ms.Param(np.ones(2, "float32"))})
+    with pytest.raises(ms.ArgumentTypeError, match="ps: a dict of Params"):
+        ms.params(model)
+
+
+def test_an_activation_layer_is_accepted_where_a_name_is_and_a_negative_seed_refused():
+    assert layers.Dense(4, 2, layers.ReLU()).activation == "relu"
+    with pytest.raises(ms.ArgumentError, match="rng=-1"):
+        layers.Dense(2, 2)(np.ones((1, 2), "float32"), rng=-1)

@@ -238,3 +238,36 @@ def test_assign_of_non_numbers_is_refused_and_changes_nothing(bad) -> None:
     with pytest.raises(ms.ArgumentTypeError, match="assign"):
         p.assign(bad)
     np.testing.assert_array_equal(p.value, before)
+
+
+def test_accumulate_grad_refuses_a_delta_that_would_broadcast() -> None:
+    p = ms.Param(np.ones((2, 3), np.float32))
+    with pytest.raises(ms.ArgumentError, match=r"accumulate_grad.*shape \(3,\)"):
+        p.accumulate_grad(np.ones(3, np.float32))
+    with pytest.raises(ms.ArgumentError, match="dtype float64"):
+        p.accumulate_grad(np.ones((2, 3)))
+    assert p.grad is None
+    on_sim = ms.Param(copy_to(np.ones(2, np.float32), ms.device("sim:1"), reason="test"))
+    with pytest.raises(ms.DeviceMismatchError):
+        on_sim.accumulate_grad(np.ones(2, np.float32))
+
+
+def test_torch_habits_get_errors_that_point_the_way() -> None:
+    p = ms.Param(np.ones(2, np.float32))
+    with pytest.raises(ms.ArgumentTypeError, match=r"p\.assign"):
+        p.value = np.zeros(2, np.float32)
+    with pytest.raises(TypeError, match=r"p\.value"):
+        np.asarray(p)
+
+
+def test_a_pickled_param_keeps_values_and_origin_but_no_link() -> None:
+    import pickle
+
+    model = ms.layers.Dense(2, 2, seed=0)
+    wrapper = ms.to_device(model, "sim:1", mode="wrap")
+    again = pickle.loads(pickle.dumps(model))
+    assert again.weight.origin == model.weight.origin and again.weight._link is None
+    np.testing.assert_array_equal(again.weight.value, model.weight.value)
+    again.weight.assign(np.zeros((2, 2), np.float32))  # writable, not read-only
+    ms.to_device(again, "sim:2", mode="wrap")  # not stuck as "wrapped"
+    ms.detach(wrapper)

@@ -289,3 +289,10 @@ def test_the_scanner_finds_crossings() -> None:
     assert hits == ["sample.py:2: .to_device()", "sample.py:3: asnumpy", "sample.py:4: .get()",
                     "sample.py:5: cupy.asarray", "sample.py:6: asarray(..., device=)"]
     assert _crossings(THE_DOOR.read_text(), "transfers.py")  # the door itself does cross
+
+
+def test_bytes_of_refuses_an_unknown_kind() -> None:
+    with ms.track_transfers() as t:
+        pass
+    with pytest.raises(ms.ArgumentError, match="what='params'"):
+        t.bytes_of("params")

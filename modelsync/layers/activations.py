@@ -101,6 +101,8 @@ def check_activation(name: str | None, argument: str = "activation") -> str | No
         return None
     if _is_ours(name):
         return name.__name__
+    if isinstance(name, Activation):  # layers.ReLU() given where a name is expected
+        return name.name
     if isinstance(name, str) and name in ACTIVATIONS:
         return name
     raise ArgumentError(

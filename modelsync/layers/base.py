@@ -58,15 +58,29 @@ def call(model: Any, x: Any, *, train: bool = False, rng: np.random.Generator | 
     """Run ``model`` on ``x`` (evaluation mode unless ``train``) and return its output."""
     require_model(model)
     with on_model_device(model):
-        y, _ = model.forward(x, Context(train=train, rng=check_rng(rng)))
+        y, _ = forward_pair(model, x, Context(train=train, rng=check_rng(rng)))
     return y
+
+
+def forward_pair(model: Any, x: Any, ctx: Context) -> tuple[Any, Any]:
+    """``model.forward(x, ctx)``, checked to be the ``(y, pullback)`` pair every layer returns
+    (a custom layer returning only ``y`` is the common slip)."""
+    out = model.forward(x, ctx)
+    if not (isinstance(out, tuple) and len(out) == 2 and callable(out[1])):
+        raise ArgumentTypeError(
+            f"{type(model).__name__}.forward returned a {type(out).__name__}; a layer's "
+            "forward(x, ctx) must return (y, pullback), where pullback(dy) returns dx and adds "
+            "each Param's gradient (see docs/guide.md, 'Your own layer')")
+    return out
 
 
 def check_rng(rng: Any) -> np.random.Generator | None:
     """``rng`` as a Generator: None (fresh entropy), a Generator, or an int seed."""
     if rng is None or isinstance(rng, np.random.Generator):
         return rng
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool) and rng >= 0:
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        if rng < 0:
+            raise ArgumentError(f"rng={rng} is outside [0, ∞) (a seed must be non-negative)")
         return np.random.default_rng(int(rng))
     raise ArgumentTypeError(
         f"rng={rng!r} is a {type(rng).__name__}; expected None, a non-negative int seed or a "
