@@ -46,11 +46,7 @@ class RMSProp(Optimizer):
         np.multiply(grad, 1.0 - self.alpha, out=tmp)
         tmp *= grad
         v += tmp
-        np.sqrt(v, out=tmp)
-        tmp += self.eps
-        np.divide(grad, tmp, out=tmp)
-        tmp *= self.lr
-        data -= tmp
+        _step_by_root(data, grad, v, tmp, self.lr, self.eps)
 
     def _update_cuda(self, data: Any, grad: Any, slot: Slot) -> None:
         kernel = elementwise(
@@ -88,11 +84,7 @@ class AdaGrad(Optimizer):
         (tmp,) = slot.scratch
         np.multiply(grad, grad, out=tmp)
         s += tmp
-        np.sqrt(s, out=tmp)
-        tmp += self.eps
-        np.divide(grad, tmp, out=tmp)
-        tmp *= self.lr
-        data -= tmp
+        _step_by_root(data, grad, s, tmp, self.lr, self.eps)
 
     def _update_cuda(self, data: Any, grad: Any, slot: Slot) -> None:
         kernel = elementwise(
@@ -100,3 +92,13 @@ class AdaGrad(Optimizer):
             "s = s + grad * grad; param -= lr * (grad / (sqrt(s) + eps));")
         with on_device(slot):
             kernel(grad, self.lr, self.eps, data, slot.arrays[0])
+
+
+def _step_by_root(data: Any, grad: Any, second: Any, tmp: Any, lr: float, eps: float) -> None:
+    """``data -= lr * grad / (sqrt(second) + eps)`` in place through ``tmp`` (the host step
+    RMSProp and AdaGrad share once their second-moment buffer is updated)."""
+    np.sqrt(second, out=tmp)
+    tmp += eps
+    np.divide(grad, tmp, out=tmp)
+    tmp *= lr
+    data -= tmp
