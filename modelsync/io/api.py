@@ -41,7 +41,9 @@ from .modelfile import (
     is_modelsync,
     read_model_file,
 )
+from .names import Names, check_names, keyed_places
 from .optstate import check_optimizer, decode_state, encode_state
+from .sources import Source, file_source, mapping_source
 
 CHECKS = ("graph", "structure")
 
@@ -103,17 +105,53 @@ def load(path: Any, device: Device | str = "host") -> Any:
     return model
 
 
-def load_into(model: Any, path: Any, *, check: str = "graph") -> Any:
-    """Write the Param values saved at ``path`` into ``model`` in place; returns ``model``.
+def load_into(model: Any, source: Any, *, check: str = "graph", names: Names = None,
+              strict: bool = True) -> Any:
+    """Write the values in ``source`` into ``model``'s Params in place; returns ``model``.
 
-    ``check="graph"`` requires the file to have been saved from this model's graph (same
-    ``graph_id``); ``check="structure"`` only the same parameter paths, shapes and dtypes, and
-    also accepts a plain safetensors file from another library. All or nothing: the file is
-    validated and every device copy staged before the first Param is written.
+    ``source`` is a safetensors file path or a mapping of arrays (a PyTorch ``state_dict``,
+    a dict of NumPy arrays, anything with ``__dlpack__`` or ``__array__``). ``check="graph"``
+    requires a file saved from this model's graph (same ``graph_id``); ``check="structure"``
+    only the same parameter paths, shapes and dtypes, and is the one a mapping or a file
+    from another library takes. ``names`` (a dict or a function) maps the model's paths to
+    the source's keys. A key that nothing uses is an error unless ``strict=False``. All or
+    nothing: the source is validated and every device copy staged before the first Param
+    is written.
     """
     require_model(model)
     if check not in CHECKS:
         raise ArgumentError(f"check={check!r} is not a check; expected one of {CHECKS}")
+    if not isinstance(strict, bool):
+        raise ArgumentTypeError(f"strict={strict!r} is a {type(strict).__name__}; expected "
+                                "True or False")
+    check_names(names)
+    if names is not None and check == "graph":
+        raise ArgumentError(
+            "names= renames the source's keys, which only check='structure' reads (a graph "
+            "check compares the file's own paths); pass check='structure' with names")
+    if isinstance(source, Mapping):
+        if check == "graph":
+            raise ArgumentError(
+                f"source is a {type(source).__name__} of {len(source)} arrays, which has no "
+                "graph id for check='graph' to compare; pass check='structure' to load it by "
+                "names, shapes and dtypes")
+        found = mapping_source(source)
+    else:
+        found = _file_source(model, check_path(source, "source"), check)
+    pairs = _match(model, names, found, strict)
+    staged = [array if found.owned and p.device == HOST else
+              copy_to(array, p.device, reason="load_into", what="param")
+              for p, array in pairs]
+    # every value is replaced, so a wrap-mode side is marked newest without a pull
+    storages = [p.writable(overwrite=True) for p, _ in pairs]
+    for storage, array in zip(storages, staged, strict=True):
+        storage[...] = array
+    return model
+
+
+def _file_source(model: Any, path: Any, check: str) -> Source:
+    """The tensors of the file at ``path``, read and validated in full (and, for
+    ``check="graph"``, checked to come from ``model``'s graph)."""
     raw = read(path)
     if is_modelsync(raw):
         model_file = read_model_file(raw)
@@ -121,25 +159,13 @@ def load_into(model: Any, path: Any, *, check: str = "graph") -> Any:
         file_model = build_model(model_file, arrays)  # validates the whole file
         if check == "graph":
             _check_graph(model, file_model, raw.path)
-        stored = {name: (e.shape, e.dtype) for name, e in model_file.params.items()}
-    else:
-        if check == "graph":
-            raise LoadError(
-                f"{raw.path}: not a modelsync file (no {FORMAT_KEY!r} metadata), so it has no "
-                "graph id to check; pass check='structure' to load it by parameter names, "
-                "shapes and dtypes")
-        arrays = load_arrays(raw)
-        stored = {name: (t.shape, t.dtype) for name, t in raw.tensors.items()}
-    named = named_params(model)
-    _check_structure(named, stored, raw.path)
-    staged = [arrays[name] if p.device == HOST else
-              copy_to(arrays[name], p.device, reason="load_into", what="param")
-              for name, p in named.items()]
-    # every value is replaced, so a wrap-mode side is marked newest without a pull
-    storages = [p.writable(overwrite=True) for p in named.values()]
-    for storage, array in zip(storages, staged, strict=True):
-        storage[...] = array
-    return model
+        return file_source(arrays, list(model_file.params), raw.path)
+    if check == "graph":
+        raise LoadError(
+            f"{raw.path}: not a modelsync file (no {FORMAT_KEY!r} metadata), so it has no "
+            "graph id to check; pass check='structure' to load it by parameter names, "
+            "shapes and dtypes")
+    return file_source(load_arrays(raw), list(raw.tensors), raw.path)
 
 
 def load_optimizer(path: Any, optimizer: Any) -> Any:
@@ -225,17 +251,75 @@ def _check_graph(model: Any, file_model: Any, where: str) -> None:
         f"structure, but the two were made as separate models; {hint}")
 
 
-def _check_structure(named: dict[str, Any], stored: dict[str, tuple[tuple[int, ...], str]],
-                     where: str) -> None:
-    for name, param in named.items():
-        if name not in stored:
-            raise GraphMismatchError(f"{name}: the model has this Param but {where} has no "
-                                     "tensor of that name")
-        shape, dtype = stored[name]
-        if (param.shape, dtype_name(param.dtype)) != (shape, dtype):
+def _match(model: Any, names: Names, source: Source, strict: bool) -> list[tuple[Any, Any]]:
+    """Each distinct Param of ``model`` with the source's array for it, once every check
+    has passed: each Param found (at one of its places, if tied), no key unused (under
+    ``strict``), shapes and dtypes equal, and a tied Param's keys holding equal values."""
+    places = keyed_places(model, names)
+    offered = set(source.keys)
+    chosen: dict[int, tuple[str, Any, Any]] = {}  # id(Param) -> (path, Param, key)
+    also: list[tuple[str, Any, Any]] = []  # a tied Param's other places that have a key
+    used = set()
+    for path, p, key in places:
+        if key not in offered:
+            continue
+        used.add(key)
+        first = chosen.get(id(p))
+        if first is None:
+            chosen[id(p)] = (path, p, key)
+        elif first[2] != key:
+            also.append((path, p, key))
+    unused = [key for key in source.keys if key not in used]
+    for path, p, key in places:
+        if id(p) not in chosen:
+            raise GraphMismatchError(_missing(path, key, source, unused if strict else []))
+    if unused and strict:
+        key = unused[0]
+        named = "no Param of that name" if names is None else "no Param that names maps to it"
+        raise GraphMismatchError(
+            f"{key}: {source.where} has this {source.noun} but the model has {named}"
+            f"{f' (and {len(unused) - 1} more unused)' if len(unused) > 1 else ''}; pass "
+            "strict=False to ignore the source's extra keys")
+    arrays = {}
+    for path, p, key in [*chosen.values(), *also]:
+        array = arrays[key] = source.fetch(key)
+        shape, dtype = tuple(array.shape), dtype_name(array.dtype)
+        if (p.shape, dtype_name(p.dtype)) != (shape, dtype):
+            label = source.side if key == path else f"{source.side} {key!r}"
             raise GraphMismatchError(
-                f"{name}: model {param.shape} {dtype_name(param.dtype)} vs file {shape} {dtype}")
-    extra = [name for name in stored if name not in named]
-    if extra:
-        raise GraphMismatchError(f"{extra[0]}: {where} has this tensor but the model has no "
-                                 "Param of that name")
+                f"{path}: model {p.shape} {dtype_name(p.dtype)} vs {label} {shape} {dtype}")
+    for path, p, key in also:
+        first_path, _, first_key = chosen[id(p)]
+        if not _same_values(arrays[first_key], arrays[key]):
+            raise GraphMismatchError(
+                f"{first_path} and {path}: the model ties them to one Param but "
+                f"{source.where} holds different values at {first_key!r} and {key!r}")
+    return [(p, arrays[key]) for _, p, key in chosen.values()]
+
+
+def _missing(path: str, key: Any, source: Source, unused: list[Any]) -> str:
+    """The message for a Param the source has no key for, with the keys nothing uses."""
+    if key == path:
+        text = (f"{path}: the model has this Param but {source.where} has no {source.noun} "
+                "of that name")
+    else:
+        text = (f"{path}: the model has this Param but {source.where} has no {source.noun} "
+                f"{key!r} (names maps {path} to it)")
+    if unused:
+        shown = ", ".join(repr(k) for k in unused[:4])
+        more = ", ..." if len(unused) > 4 else ""
+        text += f"; {source.noun}s that nothing uses: {shown}{more}"
+        if any(isinstance(k, str) and k[:1].isdigit() for k in unused):
+            text += ("; for a torch nn.Sequential pass "
+                     "names=ms.interop.torch_sequential_names(model)")
+    return text
+
+
+def _same_values(a: Any, b: Any) -> bool:
+    """Whether two source arrays (of one shape and dtype) hold the same values, NaN equal to
+    NaN; compared on the host (a device array is copied there, and counted)."""
+    if a is b:
+        return True
+    a, b = (x if device_of(x) == HOST else copy_to(x, HOST, reason="load_into", what="param")
+            for x in (a, b))
+    return bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
