@@ -10,13 +10,14 @@ the layouts: ``Dense.weight`` is ``(out_features, in_features)`` like ``nn.Linea
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from .devices import HOST, device_of
 from .errors import ArgumentError, ArgumentTypeError
-from .io.names import Names, check_names, keyed_places
+from .io.names import check_names, keyed_places
 from .layers import Chain, Dense, Embedding, LayerNorm
 from .params import Param
 from .transfers import copy_to
@@ -28,7 +29,8 @@ __all__ = ["state_dict", "torch_sequential_names"]
 _SAME_NAMES = (Dense, LayerNorm, Embedding)
 
 
-def state_dict(model: Any, *, names: Names = None) -> dict[str, np.ndarray]:
+def state_dict(model: Any, *, names: Mapping[str, str] | Callable[[str], str] | None = None
+               ) -> dict[str, np.ndarray]:
     """The model's values as host NumPy arrays keyed by parameter path (or by
     ``names[path]``), in the model's order: what ``torch.nn.Module.load_state_dict`` takes
     after ``torch.from_numpy`` (which shares the array, no copy).

@@ -8,7 +8,7 @@ never leaves a half-loaded model behind.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -105,7 +105,8 @@ def load(path: Any, device: Device | str = "host") -> Any:
     return model
 
 
-def load_into(model: Any, source: Any, *, check: str = "graph", names: Names = None,
+def load_into(model: Any, source: Any, *, check: str = "graph",
+              names: Mapping[str, str] | Callable[[str], str] | None = None,
               strict: bool = True) -> Any:
     """Write the values in ``source`` into ``model``'s Params in place; returns ``model``.
 
@@ -309,7 +310,7 @@ def _missing(path: str, key: Any, source: Source, unused: list[Any]) -> str:
         shown = ", ".join(repr(k) for k in unused[:4])
         more = ", ..." if len(unused) > 4 else ""
         text += f"; {source.noun}s that nothing uses: {shown}{more}"
-        if any(isinstance(k, str) and k[:1].isdigit() for k in unused):
+        if key == path and any(isinstance(k, str) and k[:1].isdigit() for k in unused):
             text += ("; for a torch nn.Sequential pass "
                      "names=ms.interop.torch_sequential_names(model)")
     return text
