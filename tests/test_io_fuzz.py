@@ -220,8 +220,9 @@ def valid_input(model) -> np.ndarray:
 def exercise(model, folder: Path) -> None:
     """Use a loaded model as a user would. Running it may raise a library error about the
     input (a ModelSyncError, as a constructed model would); anything else (AttributeError,
-    TypeError, KeyError from inside a layer) fails the test. Converting, syncing and saving
-    must simply work, and the saved file must load back as the same graph."""
+    TypeError, KeyError from inside a layer) fails the test. Copying, syncing, saving,
+    wrapping and moving must simply work, and the saved file must load back as the same
+    graph."""
     named = ms.named_params(model)
     x = valid_input(model)
     try:
@@ -242,6 +243,13 @@ def exercise(model, folder: Path) -> None:
     again = load(folder / "again.safetensors")
     assert ms.graph_id(again) == ms.graph_id(model)
     assert list(ms.named_params(again)) == list(named)
+    wrapper = ms.to_device(again, "sim:1", mode="wrap")
+    for p in ms.params(wrapper):
+        p.assign(np.ones(p.shape, dtype_name(p.dtype)))
+    assert all(np.all(p.value == 1) for p in ms.params(again))  # pulled through the wrap
+    ms.detach(wrapper)
+    moved = ms.to_device(again, "sim:1", mode="move")
+    assert ms.graph_id(moved) == ms.graph_id(model)
 
 
 def to_host(array) -> np.ndarray:

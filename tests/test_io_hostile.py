@@ -488,3 +488,61 @@ def test_the_classes_refuse_the_same_values_on_assignment(assign, message):
     model = five_layers()
     with pytest.raises((ms.ArgumentError, ms.ArgumentTypeError), match=message):
         assign(model)
+
+
+@ms.layer(name="test_io_hostile.Scale")
+@attrs.define(eq=False, init=False)
+class Scale:
+    """A user layer as docs/guide.md writes one: its Param field has an annotation and no
+    validator; ``inner`` is declared an optional Dense."""
+
+    features: int
+    gain: ms.Param
+    inner: layers.Dense | None = None
+
+    def __init__(self, features: int, inner=None) -> None:
+        self.__attrs_init__(features, ms.Param(np.ones(features, np.float32)), inner)
+
+    def forward(self, x, ctx):
+        gain = self.gain.value
+        if self.inner is not None:
+            x, _ = self.inner.forward(x, ctx)
+        return x * gain, lambda dy: dy * gain
+
+
+@ms.layer(name="test_io_hostile.Vague")
+@attrs.define(eq=False)
+class Vague:
+    """A layer whose annotation names a type that does not resolve at run time."""
+
+    thing: NotDefinedAnywhere  # noqa: F821
+
+    def forward(self, x, ctx):
+        return x, lambda dy: dy
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda a: to_config(a, "gain", 5), r"Scale.gain holds a int, but the class declares it a "
+                                        r"Param$"),
+    (lambda a: a["children"].update(gain=None), r"Scale.gain holds a NoneType"),
+    (lambda a: a["children"].update(gain=a["children"]["inner"]), r"Scale.gain holds a Dense"),
+    (lambda a: a["children"].update(inner={"param": "gain"}),
+     r"Scale.inner holds a Param, but the class declares it a Dense or None$"),
+    (lambda a: to_config(a, "inner", [1]), r"Scale.inner holds a list"),
+])
+def test_a_user_layer_field_holds_what_its_annotation_declares(tmp_path, edit, message):
+    """A user layer without validators (as the guide writes one) still gets its Param and
+    layer fields checked against their annotations."""
+    path = tmp_path / "m.safetensors"
+    save(Scale(2, layers.Dense(2, 2, seed=0)), path)
+    path.write_bytes(repair(arch(edit)(path.read_bytes())))
+    with pytest.raises(ms.LoadError, match=message):
+        load(path)
+
+
+def test_declared_fields_allow_what_they_declare_and_unresolved_ones_are_skipped(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save(layers.Chain(Scale(2), Vague(thing=3)), path)  # inner None: declared optional
+    loaded = load(path)
+    assert loaded.layers[0].inner is None and loaded.layers[1].thing == 3
+    assert np.array_equal(loaded(np.ones((1, 2), np.float32)), np.ones((1, 2)))

@@ -32,6 +32,7 @@ from ..tree import (
 )
 from ..tree import static_config as layer_config
 from . import codec
+from .declared import check_declared
 
 MAX_DEPTH = 200
 
@@ -254,7 +255,8 @@ def _validated(plan: LayerPlan, fields: dict[str, Any]) -> Any:
     in declaration order, through the class's own converter (``attrs.setters.convert``, so
     converters that take self or the field work too), then ``attrs.validate``. The converted
     value is the one kept, as an initialiser keeps it. Whatever the class raises becomes a
-    LoadError naming the place in the architecture."""
+    LoadError naming the place in the architecture; so does a field that does not hold the
+    Param or layer its annotation declares (declared.py)."""
     cls = plan.cls
     where = f"architecture at {plan.path or 'the root'}"
     node = cls.__new__(cls)
@@ -271,4 +273,5 @@ def _validated(plan: LayerPlan, fields: dict[str, Any]) -> Any:
     except Exception as exc:  # the class's own validators, whatever they raise
         raise LoadError(f"{where}: the stored {plan.name} is refused by its validators: "
                         f"{exc}") from None
+    check_declared(node, where)
     return node
