@@ -1,11 +1,22 @@
 """Fuzzing the reader: hypothesis mutates real saved files (flips bytes, truncates, splices,
 edits header and metadata JSON) and every outcome must be a clean load or a LoadError, with
-load_into leaving the model exactly as it was whenever it fails."""
+load_into leaving the model exactly as it was whenever it fails.
+
+A second fuzzer edits the architecture structurally (wrong types in every field, nulls,
+nesting, lists where objects are, huge ints, NaN and inf, layers moved, duplicated, shared)
+and then makes the file agree with itself again, graph id included (`repair`), so that only
+the loader's layer checks stand between the edit and a model: such a file must load a model
+that works (called, trained, converted, synced, saved) or raise LoadError.
+
+``MODELSYNC_FUZZ_SCALE=20`` (say) multiplies the number of examples for a longer run.
+"""
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
+import os
 import struct
 import tempfile
 from pathlib import Path
@@ -13,13 +24,17 @@ from pathlib import Path
 import numpy as np
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from test_io_hostile import repair
 
 import modelsync as ms
-from modelsync import layers, losses, optim
+from modelsync import layers, losses, optim, tree
+from modelsync.devices import dtype_name
 from modelsync.inspect_file import inspect_text
 from modelsync.io import load, load_into, load_optimizer, save
 
-EXAMPLES = 1100
+SCALE = float(os.environ.get("MODELSYNC_FUZZ_SCALE", "1"))
+EXAMPLES = max(1, int(1100 * SCALE))
+STRUCTURAL_EXAMPLES = max(1, int(250 * SCALE))
 
 
 @functools.cache
@@ -166,10 +181,12 @@ def test_mutated_files_load_cleanly_or_raise_load_error(blob, check):
         good.write_bytes(originals()[0])
         bad.write_bytes(blob)
         try:
-            load(bad)
-            event("load: loaded")
+            loaded = load(bad)
         except ms.LoadError as exc:
             event(f"load: LoadError {str(exc).split(': ', 1)[-1][:40]}")
+        else:
+            event("load: loaded")
+            exercise(loaded, Path(folder))
         model = load(good)
         before = snapshot(model)
         try:
@@ -184,3 +201,209 @@ def test_mutated_files_load_cleanly_or_raise_load_error(blob, check):
             inspect_text(bad)
         except ms.LoadError:
             pass
+
+
+# -- what a loaded model must survive ----------------------------------------------------------
+def valid_input(model) -> np.ndarray:
+    """An input the model's first layer takes: indices for an Embedding, floats of the right
+    width for a Dense or LayerNorm (a later layer may still want another width: that is the
+    model's own ArgumentError, as for a model built by its constructors)."""
+    for _, node in [("", model), *tree.walk(model)]:
+        if isinstance(node, layers.Embedding):
+            return np.arange(6).reshape(2, 3) % node.num
+        if isinstance(node, (layers.Dense, layers.LayerNorm)):
+            width = node.in_features if isinstance(node, layers.Dense) else node.dim
+            return np.linspace(-1.0, 1.0, 2 * width).reshape(2, width)
+    return np.linspace(-1.0, 1.0, 6).reshape(2, 3)
+
+
+def exercise(model, folder: Path) -> None:
+    """Use a loaded model as a user would. Running it may raise a library error about the
+    input (a ModelSyncError, as a constructed model would); anything else (AttributeError,
+    TypeError, KeyError from inside a layer) fails the test. Copying, syncing, saving,
+    wrapping and moving must simply work, and the saved file must load back as the same
+    graph."""
+    named = ms.named_params(model)
+    x = valid_input(model)
+    try:
+        with np.errstate(all="ignore"):  # a file's values may be any floats (inf, NaN)
+            y = model(x)
+            ms.backprop(model, losses.mse, x, np.zeros(tuple(y.shape), np.float64), rng=0)
+            optim.Adam(ms.params(model), lr=0.01).step()
+        event("use: ran, trained")
+    except ms.ModelSyncError as exc:
+        event(f"use: {type(exc).__name__}")
+    twin = ms.to_device(model, "sim:1")
+    for p in ms.params(twin):
+        p.assign(np.zeros(p.shape, dtype_name(p.dtype)))
+    ms.sync(twin, model)
+    assert all(to_host(a.value).tobytes() == to_host(b.value).tobytes() for a, b in zip(
+        ms.params(twin), named.values(), strict=True))
+    ms.save(twin, folder / "again.safetensors")
+    again = load(folder / "again.safetensors")
+    assert ms.graph_id(again) == ms.graph_id(model)
+    assert list(ms.named_params(again)) == list(named)
+    wrapper = ms.to_device(again, "sim:1", mode="wrap")
+    for p in ms.params(wrapper):
+        p.assign(np.ones(p.shape, dtype_name(p.dtype)))
+    assert all(np.all(p.value == 1) for p in ms.params(again))  # pulled through the wrap
+    ms.detach(wrapper)
+    moved = ms.to_device(again, "sim:1", mode="move")
+    assert ms.graph_id(moved) == ms.graph_id(model)
+
+
+def to_host(array) -> np.ndarray:
+    return np.asarray(ms.to_device(array, "host"))
+
+
+# -- structural edits of the architecture, with the file repaired ----------------------------------
+@functools.cache
+def structured() -> tuple[tuple[bytes, tuple[str, ...], tuple[str, ...]], ...]:
+    """Files of models holding every built-in layer (nested, tied, bias-less, an Embedding),
+    each with its Param paths and layer paths (what "param" and "same" nodes may name)."""
+    inner = layers.Chain(layers.Dense(5, 5, seed=3), layers.Dense(5, 2, "sigmoid", seed=4))
+    first = layers.Chain(layers.Dense(3, 5, "relu", seed=0), layers.Dropout(0.2),
+                         layers.LayerNorm(5), layers.Activation("tanh"), inner,
+                         layers.Dense(2, 2, bias=False, dtype="float32", seed=5))
+    inner.layers[0].bias = first.layers[2].bias  # a tie
+    second = layers.Chain(layers.Embedding(6, 4, seed=6), layers.LayerNorm(4, eps=1e-3),
+                          layers.Dense(4, 3, "softmax", dtype="float64", seed=7))
+    out = []
+    with tempfile.TemporaryDirectory() as folder:
+        for i, model in enumerate((first, second)):
+            path = Path(folder) / f"{i}.safetensors"
+            save(model, path)
+            layer_paths = tuple(p for p, node in tree.walk(model) if tree.is_layer(node))
+            out.append((path.read_bytes(), tuple(ms.named_params(model)), layer_paths))
+    return tuple(out)
+
+
+ODD_VALUES = [
+    None, True, False, 0, -1, 1, 2, 3, 5, 2**31, 2**63, 2**70, -2**70, 10**300, 0.5, 1.5, -0.0,
+    1e-300, 1e308, float("nan"), float("inf"), {"__float__": "nan"}, {"__float__": "inf"},
+    {"__float__": "-inf"}, "", "relu", "nope", "float16", "float64", "int8", "Dense", "Chain",
+    [], {}, [1, 2], [None], [[[]]], {"a": 1}, {"value": 5}, {"value": None}, {"list": []},
+    {"tuple": []}, {"list": [None]}, {"list": [{"value": "relu"}]}, {"tuple": [{"value": 1}]},
+    {"__tuple__": [1]}, {"__scalar__": ["int64", 3]}, {"__scalar__": ["float32", 0.001]},
+    {"__scalar__": ["bool", True]}, {"__dict__": [[1, 2]]}, {"param": "nope"}, {"same": ""},
+    {"same": "nope"}, {"layer": "Dense", "config": {}, "children": {}},
+]
+
+
+def chain_of(node: object) -> dict:
+    return {"layer": "Chain", "config": {}, "children": {"layers": {"list": [node]}}}
+
+
+PLAUSIBLE_VALUES = [None, 1, 2, 3, 4, 5, 6, 0.0, 0.5, 0.99, 1e-3, 1e-8, "relu", "tanh",
+                    "sigmoid", "gelu", "softmax", "float16", "float32", "float64"]
+
+
+def layer_nodes(architecture: object) -> list[tuple]:
+    """JSON paths of the layer objects in an architecture."""
+    return [p for p in json_paths(architecture)
+            if isinstance(node := get(architecture, p), dict) and {"layer", "config"} <= set(node)
+            and isinstance(node["config"], dict)]
+
+
+def chain_lists(architecture: object) -> list[tuple]:
+    """JSON paths of the arrays holding a Chain's items."""
+    return [(*p, "children", "layers", "list") for p in layer_nodes(architecture)
+            if isinstance(get(architecture, p).get("children"), dict)
+            and isinstance(get(architecture, p)["children"].get("layers"), dict)
+            and isinstance(get(architecture, p)["children"]["layers"].get("list"), list)]
+
+
+@st.composite
+def architecture_edits(draw, architecture: dict, param_paths: tuple[str, ...],
+                       layer_paths: tuple[str, ...]) -> dict:
+    """``architecture`` with one to three structural edits: a node replaced by a value of the
+    wrong kind, by another node (copied, wrapped in a list, tuple, value or Chain, or nested
+    in a plain JSON list), deleted, or inserted into a list; a field moved between a layer's
+    configuration and children; a Chain's items dropped, repeated, shared or swapped; a
+    configuration value set to another plausible or odd one."""
+    for _ in range(draw(st.integers(1, 3))):
+        paths = json_paths(architecture)
+        pieces = st.sampled_from(paths).map(
+            lambda p, tree=architecture: copy.deepcopy(get(tree, p)))
+        value = draw(st.one_of(
+            st.sampled_from(ODD_VALUES).map(copy.deepcopy),
+            st.sampled_from(PLAUSIBLE_VALUES),
+            pieces,
+            pieces.map(lambda n: {"list": [n]}), pieces.map(lambda n: {"tuple": [n]}),
+            pieces.map(lambda n: [n]), pieces.map(lambda n: {"value": n}),
+            pieces.map(chain_of),
+            st.sampled_from(param_paths).map(lambda p: {"param": p}),
+            st.sampled_from(layer_paths).map(lambda p: {"same": p}),
+            JSON_VALUES))
+        how = draw(st.sampled_from(["replace", "delete", "insert", "move", "chain", "chain",
+                                    "config", "config"]))
+        chains, nodes = chain_lists(architecture), layer_nodes(architecture)
+        if how == "chain" and chains:
+            items = get(architecture, draw(st.sampled_from(chains)))
+            op = draw(st.sampled_from(["drop", "repeat", "share", "swap", "wrap"]))
+            i, j = (draw(st.integers(0, max(len(items) - 1, 0))) for _ in range(2))
+            if op == "drop" and items:
+                del items[i]
+            elif op == "repeat" and items:
+                items.insert(j, copy.deepcopy(items[i]))
+            elif op == "share":
+                items.insert(j, {"same": draw(st.sampled_from(layer_paths))})
+            elif op == "swap" and items:
+                items[i], items[j] = items[j], items[i]
+            elif op == "wrap" and items:
+                items[i] = chain_of(items[i])
+            continue
+        if how == "config" and nodes:
+            config = get(architecture, draw(st.sampled_from(nodes)))["config"]
+            if config:
+                config[draw(st.sampled_from(sorted(config)))] = value
+            continue
+        path = draw(st.sampled_from(paths))
+        if not path:
+            architecture = value if how == "replace" else architecture
+            continue
+        parent, key = get(architecture, path[:-1]), path[-1]
+        node = get(architecture, path)
+        if how == "delete":
+            del parent[key]
+        elif how == "insert" and isinstance(node, list):
+            node.insert(draw(st.integers(0, len(node))), value)
+        elif how == "move" and path in nodes and isinstance(node["children"], dict):
+            source, target = draw(st.sampled_from([("config", "children"),
+                                                   ("children", "config")]))
+            if node[source]:
+                field = draw(st.sampled_from(sorted(node[source])))
+                node[target][field] = node[source].pop(field)
+        else:
+            parent[key] = value
+    return architecture
+
+
+@st.composite
+def structurally_edited_files(draw) -> bytes:
+    blob, param_paths, layer_paths = draw(st.sampled_from(structured()))
+    header, data = split(blob)
+    meta = header["__metadata__"]
+    architecture = json.loads(meta["modelsync.architecture"])
+    edited = draw(architecture_edits(architecture, param_paths, layer_paths))
+    meta["modelsync.architecture"] = json.dumps(edited)
+    return repair(join(header, data))
+
+
+@settings(max_examples=STRUCTURAL_EXAMPLES)
+@given(blob=structurally_edited_files())
+def test_structurally_edited_architectures_load_a_working_model_or_raise_load_error(blob):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "edited.safetensors"
+        path.write_bytes(blob)
+        try:
+            inspect_text(path)
+        except ms.LoadError:
+            pass
+        try:
+            model = load(path)
+        except ms.LoadError as exc:
+            event(f"load: LoadError {str(exc).rsplit(': ', 1)[-1][:30]}")
+            return
+        event("load: loaded")
+        exercise(model, Path(folder))

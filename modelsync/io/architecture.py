@@ -4,12 +4,17 @@ layer is written once and referred to by path afterwards).
 
 Reading is two steps. `read_plan` checks the JSON and turns it into a small tree of plain
 records (nothing is constructed, so `inspect` can show a file whose layers are not imported);
-`build` then makes the model with `tree.construct` from registered layer classes only: no
-``__init__`` runs, no weights are initialised and nothing from the file is executed.
+`build` then makes the model from registered layer classes only, each layer the way its
+attrs-generated initialiser makes one: every field through the class's own converter, then
+every validator of the class. So a file cannot hold what the class would refuse (a Param
+field holding an int, a Chain holding configuration, ``eps=inf``), and the check is the
+class's, not a copy of it. No ``__init__`` or ``__attrs_post_init__`` runs, no weights are
+initialised and nothing from the file is executed.
 """
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +24,6 @@ from ..errors import LoadError, SaveError
 from ..params import Param
 from ..tree import (
     TrackedList,
-    construct,
     is_container,
     is_layer,
     layer_fields,
@@ -28,6 +32,7 @@ from ..tree import (
 )
 from ..tree import static_config as layer_config
 from . import codec
+from .declared import check_declared
 
 MAX_DEPTH = 200
 
@@ -216,9 +221,7 @@ class _Builder:
         fields = dict(plan.config)
         for name, child in plan.children.items():
             fields[name] = self.node(child)
-        ordered = {f.name: fields[f.name] for f in attrs.fields(plan.cls)}
-        node = construct(plan.cls, ordered)
-        _check_config(node, plan)
+        node = _validated(plan, fields)
         self.layers[plan.path] = node
         return node
 
@@ -242,25 +245,33 @@ class _Builder:
         return plan.value  # Value
 
 
-_CONVERTER_CLASS = getattr(attrs, "Converter", ())
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
 
 
-def _check_config(node: Any, plan: LayerPlan) -> None:
-    """Run the class's own converters and validators over the stored configuration, so a
-    file cannot smuggle in a value the class would have refused."""
+def _validated(plan: LayerPlan, fields: dict[str, Any]) -> Any:
+    """The layer ``plan`` describes, with ``fields``, made as the class's attrs-generated
+    initialiser makes it (which is also what the built-in constructors end in): each field,
+    in declaration order, through the class's own converter (``attrs.setters.convert``, so
+    converters that take self or the field work too), then ``attrs.validate``. The converted
+    value is the one kept, as an initialiser keeps it. Whatever the class raises becomes a
+    LoadError naming the place in the architecture; so does a field that does not hold the
+    Param or layer its annotation declares (declared.py)."""
+    cls = plan.cls
     where = f"architecture at {plan.path or 'the root'}"
-    for field in attrs.fields(type(node)):
-        convert = field.converter
-        if field.name in plan.config and callable(convert) and not isinstance(
-                convert, _CONVERTER_CLASS):
-            try:
-                convert(plan.config[field.name])
-            except Exception as exc:  # the class's own check, whatever it raises
-                raise LoadError(f"{where}: {plan.name}.{field.name}="
-                                f"{plan.config[field.name]!r} is refused by the class: {exc}"
-                                ) from None
+    node = cls.__new__(cls)
+    for field in attrs.fields(cls):
+        value = fields[field.name]
+        try:
+            value = attrs.setters.convert(node, field, value)
+        except Exception as exc:  # the class's own check, whatever it raises
+            raise LoadError(f"{where}: {plan.name}.{field.name}={_SHORT.repr(value)} is refused "
+                            f"by the class: {exc}") from None
+        object.__setattr__(node, field.name, value)
     try:
         attrs.validate(node)
     except Exception as exc:  # the class's own validators, whatever they raise
         raise LoadError(f"{where}: the stored {plan.name} is refused by its validators: "
                         f"{exc}") from None
+    check_declared(node, where)
+    return node

@@ -135,9 +135,22 @@ def as_layer_dtype(x: Any, dtype: Any, ctx: Context, layer: str) -> Any:
     return xp.astype(x, dtype)
 
 
-def param_field(**kwargs: Any) -> Any:
-    """An attrs field that holds a Param (or None), marked so config extraction skips it."""
-    return attrs.field(metadata={"param": True}, **kwargs)
+def param_field(*, optional: bool = False, **kwargs: Any) -> Any:
+    """An attrs field that holds a Param (or None where ``optional``), marked so config
+    extraction skips it. Its validator refuses anything else, at construction, on assignment
+    and when ``ms.load`` rebuilds the layer from a file (which runs the class's validators)."""
+    return attrs.field(metadata={"param": True}, validator=_holds_param(optional), **kwargs)
+
+
+def _holds_param(optional: bool) -> Callable[[Any, Any, Any], None]:
+    def check(node: Any, field: Any, value: Any) -> None:
+        if isinstance(value, Param) or (optional and value is None):
+            return
+        raise ArgumentTypeError(
+            f"{type(node).__name__}.{field.name} holds a {type(value).__name__}; expected a "
+            "Param" + (" or None" if optional else ""))
+
+    return check
 
 
 def accumulate(p: Param | None, delta: Any) -> None:

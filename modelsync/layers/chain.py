@@ -6,8 +6,20 @@ from typing import Any
 
 import attrs
 
+from ..errors import ArgumentTypeError
 from ..tree import TrackedList
 from .base import Context, layer
+
+
+def _as_layers(items: Any) -> TrackedList:
+    """``items`` as a TrackedList of layers (activation names and functions become
+    Activation layers); ArgumentTypeError naming the first item that is not a layer."""
+    from .activations import as_layer
+
+    if not isinstance(items, (list, tuple)):
+        raise ArgumentTypeError(
+            f"Chain.layers is a {type(items).__name__}; expected a list of layers")
+    return TrackedList(as_layer(item, f"Chain argument {i}") for i, item in enumerate(items))
 
 
 @layer
@@ -15,13 +27,12 @@ from .base import Context, layer
 class Chain:
     """``Chain(a, b, c)(x) == c(b(a(x)))``; the layers are held in ``.layers``."""
 
-    layers: list[Any]
+    # The converter is the constructor's check, run again by attrs on assignment and by
+    # ms.load on a stored list: whatever the field holds is a TrackedList of layers.
+    layers: list[Any] = attrs.field(converter=_as_layers)
 
     def __init__(self, *layers: Any) -> None:
-        from .activations import as_layer
-
-        self.__attrs_init__(TrackedList(
-            as_layer(item, f"Chain argument {i}") for i, item in enumerate(layers)))
+        self.__attrs_init__(layers)
 
     def forward(self, x: Any, ctx: Context) -> tuple[Any, Any]:
         pullbacks = []

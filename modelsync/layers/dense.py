@@ -19,7 +19,7 @@ from .base import (
     layer,
     param_field,
 )
-from .init import check_dtype, check_positive_int, generator
+from .init import check_dtype, check_positive_int, generator, positive_int
 
 
 @layer
@@ -28,12 +28,14 @@ class Dense:
     """A fully connected layer with Params ``weight`` (out_features, in_features) and ``bias``
     (out_features), initialised like PyTorch's Linear: U(-1/sqrt(in), 1/sqrt(in))."""
 
-    in_features: int
-    out_features: int
-    activation: str | None
-    dtype: str
+    # The converters are the constructor's checks, run again by attrs on assignment and by
+    # ms.load on a stored configuration.
+    in_features: int = attrs.field(converter=positive_int("in_features"))
+    out_features: int = attrs.field(converter=positive_int("out_features"))
+    activation: str | None = attrs.field(converter=check_activation)
+    dtype: str = attrs.field(converter=check_dtype)
     weight: Param = param_field()
-    bias: Param | None = param_field(default=None)
+    bias: Param | None = param_field(default=None, optional=True)
 
     def __init__(self, in_features: int, out_features: int, activation: Any = None, *,
                  bias: bool = True, dtype: str = "float32", seed: int | None = None) -> None:
@@ -44,7 +46,7 @@ class Dense:
         bound = 1.0 / math.sqrt(in_features)
         weight = rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype)
         self.__attrs_init__(
-            in_features, out_features, check_activation(activation), dtype,
+            in_features, out_features, activation, dtype,
             Param(weight, name="weight"),
             Param(rng.uniform(-bound, bound, out_features).astype(dtype), name="bias")
             if bias else None)

@@ -12,7 +12,7 @@ from ..errors import ArgumentError
 from ..params import Param
 from ..xp import namespace
 from .base import Context, accumulate, check_input, layer, param_field
-from .init import check_dtype, check_positive_int, generator
+from .init import check_dtype, check_positive_int, generator, positive_int
 
 
 @layer
@@ -27,9 +27,9 @@ class Embedding:
     the pullback returns None.
     """
 
-    num: int
-    dim: int
-    dtype: str
+    num: int = attrs.field(converter=positive_int("num"))
+    dim: int = attrs.field(converter=positive_int("dim"))
+    dtype: str = attrs.field(converter=check_dtype)
     weight: Param = param_field()
 
     def __init__(self, num: int, dim: int, *, dtype: str = "float32",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,12 @@ def check_positive_int(argument: str, value: Any) -> int:
     if value < 1:
         raise ArgumentError(f"{argument}={value} is outside [1, ∞)")
     return int(value)
+
+
+def positive_int(argument: str) -> Callable[[Any], int]:
+    """``check_positive_int`` for one argument, as an attrs converter: the constructor's check
+    is then also what attrs runs on assignment and what ``ms.load`` runs on a stored value."""
+    return functools.partial(check_positive_int, argument)
 
 
 def check_dtype(value: Any) -> str:

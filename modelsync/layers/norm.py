@@ -21,7 +21,14 @@ from .base import (
     layer,
     param_field,
 )
-from .init import check_dtype, check_positive_int
+from .init import check_dtype, check_positive_int, positive_int
+
+
+def _check_eps(eps: Any) -> float:
+    value = as_float("eps", eps)
+    if not (value > 0 and math.isfinite(value)):
+        raise ArgumentError(f"eps={eps!r} is outside (0, ∞)")
+    return value
 
 
 @layer
@@ -31,9 +38,9 @@ class LayerNorm:
     ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the biased variance; Params
     ``weight`` (ones) and ``bias`` (zeros) of shape ``(dim,)``."""
 
-    dim: int
-    eps: float
-    dtype: str
+    dim: int = attrs.field(converter=positive_int("dim"))
+    eps: float = attrs.field(converter=_check_eps)
+    dtype: str = attrs.field(converter=check_dtype)
     weight: Param = param_field()
     bias: Param = param_field()
 
@@ -41,7 +48,7 @@ class LayerNorm:
         check_positive_int("dim", dim)
         dtype = check_dtype(dtype)
         self.__attrs_init__(
-            int(dim), _check_eps(eps), dtype,
+            int(dim), eps, dtype,
             Param(np.ones(dim, dtype=dtype), name="weight"),
             Param(np.zeros(dim, dtype=dtype), name="bias"))
 
@@ -77,10 +84,3 @@ class LayerNorm:
             return dx if dx.dtype == in_dtype else xp.astype(dx, in_dtype)
 
         return y, pullback
-
-
-def _check_eps(eps: Any) -> float:
-    value = as_float("eps", eps)
-    if not (value > 0 and math.isfinite(value)):
-        raise ArgumentError(f"eps={eps!r} is outside (0, ∞)")
-    return value
