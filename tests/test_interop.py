@@ -480,7 +480,7 @@ def test_torch_sequential_names_of_single_layers_and_refusals():
     assert ms.interop.torch_sequential_names(layers.LayerNorm(3)) == {"weight": "weight",
                                                                        "bias": "bias"}
 
-    @ms.layer
+    @ms.layer(name="interop_test_scale")  # a name no docs block registers
     class Scale:
         s: ms.Param
 
