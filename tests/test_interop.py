@@ -480,17 +480,17 @@ def test_torch_sequential_names_of_single_layers_and_refusals():
     assert ms.interop.torch_sequential_names(layers.LayerNorm(3)) == {"weight": "weight",
                                                                        "bias": "bias"}
 
-    @ms.layer(name="interop_test_scale")  # a name no docs block registers
+    @ms.layer(name="ScaleForInterop")  # a name no docs block registers
     class Scale:
         s: ms.Param
 
         def forward(self, x, ctx):
             return x * self.s.value, lambda dy: dy
 
-    with pytest.raises(ms.ArgumentError, match=r"layers\.1 is a Scale with Params"):
+    with pytest.raises(ms.ArgumentError, match=r"layers\.1 is a ScaleForInterop with Params"):
         ms.interop.torch_sequential_names(
             layers.Chain(layers.Dense(2, 2), Scale(ms.Param(np.ones(2, np.float32)))))
-    with pytest.raises(ms.ArgumentTypeError, match="model is a Scale"):
+    with pytest.raises(ms.ArgumentTypeError, match="model is a ScaleForInterop"):
         ms.interop.torch_sequential_names(Scale(ms.Param(np.ones(2, np.float32))))
     with pytest.raises(ms.ArgumentTypeError, match="model"):
         ms.interop.torch_sequential_names({"weight": 1})
