@@ -22,9 +22,11 @@ from . import coherence, flat
 from .checks import as_float
 from .devices import HOST, Device, device, device_of, dtype_name, is_array
 from .errors import ArgumentError, CoherenceError, GraphMismatchError
+from .identity import IdentityMap
 from .params import Param
 from .transfers import copy_to, to_device_array
 from .tree import (
+    cache_of,
     graph_id,
     is_layer,
     mark_moved,
@@ -32,7 +34,6 @@ from .tree import (
     params,
     rebuild,
     require_model,
-    structure_epoch,
 )
 
 MODES = ("copy", "move", "wrap")
@@ -214,28 +215,37 @@ def _matched_pairs(dst: Any, src: Any, check: str
     return [(dp, sp) for _, dp, sp in chosen.values()], ties
 
 
-Plan = tuple[list[list[tuple[Param, Param]]], list[tuple[str, str, Param, Param]], bool]
-_PLAN_CACHE_SIZE = 64
-_plans: dict[tuple[int, int, str], tuple[int, Any, Any, Plan]] = {}
+SyncPlan = tuple[list[list[tuple[Param, Param]]], list[tuple[str, str, Param, Param]], bool]
+_PLANS_PER_MODEL = 8  # sync plans kept per dst model (one per src and check it is synced from)
 
 
-def _sync_plan(dst: Any, src: Any, check: str) -> Plan:
-    """The checked pairs of a sync, grouped by dtype, and the ties whose values must agree;
-    reused while neither tree has changed (see tree.structure_epoch)."""
-    key = (id(dst), id(src), check)
-    entry = _plans.get(key)
-    epoch = structure_epoch(dst, src)
-    if entry is not None and epoch is not None and entry[0] == epoch \
-            and entry[1]() is dst and entry[2]() is src:
-        return entry[3]
+def _sync_plan(dst: Any, src: Any, check: str) -> SyncPlan:
+    """The checked pairs of a sync, grouped by dtype, and the ties whose values must agree.
+
+    Cached with dst's walk (tree.cache_of), keyed weakly by src: reused while neither tree
+    has changed (a change to either makes a new walk, so a plan made from an old one is
+    never found), and dropped with dst's walk or when src is freed."""
+    dst_walk, src_walk = cache_of(dst), cache_of(src)
+    plans = dst_walk.derived.get("sync")
+    if plans is not None:
+        entry = plans.get(src)
+        if entry is not None and entry[0]() is src_walk and check in entry[1]:
+            return entry[1][check]
     pairs, ties = _matched_pairs(dst, src, check)
     written = {id(d) for d, _ in pairs}
     aliased = any(id(s) in written for _, s in pairs)  # a src Param dst also writes
     plan = (_pair_groups(pairs), ties, aliased)
-    if epoch is not None:
-        if len(_plans) >= _PLAN_CACHE_SIZE:
-            _plans.pop(next(iter(_plans)))
-        _plans[key] = (epoch, weakref.ref(dst), weakref.ref(src), plan)
+    if dst_walk.valid and src_walk.valid:
+        if plans is None:
+            plans = dst_walk.derived["sync"] = IdentityMap()
+        entry = plans.get(src)
+        if entry is None or entry[0]() is not src_walk:
+            if len(plans) >= _PLANS_PER_MODEL:
+                plans = dst_walk.derived["sync"] = IdentityMap()
+            # (src's walk weakly: two models synced both ways must not hold each other)
+            entry = (weakref.ref(src_walk), {})
+            plans.set(src, entry)
+        entry[1][check] = plan
     return plan
 
 
