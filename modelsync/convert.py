@@ -121,8 +121,8 @@ def _move(model: Any, target: Device) -> Any:
     for group in flat.group_by_dtype(params(model)).values():
         if all(p.device == target for p in group):
             continue
-        buffer = flat.copy_flat(group, target, reason=reason, read=lambda p: p._data)
-        grads = [None if p._grad is None else copy_to(p._grad, target, reason=reason, what="grad")
+        buffer = flat.copy_flat(group, target, reason=reason, read=lambda p: p.storage())
+        grads = [None if p.grad is None else copy_to(p.grad, target, reason=reason, what="grad")
                  for p in group]
         staged.append((group, buffer, grads))
     moved = rebuild(model, lambda p: p)  # (before any Param changes: it may still fail)
@@ -280,7 +280,7 @@ def _stage(group: list[tuple[Param, Param]], aliased: bool
             and dst_store.sizes == src_store.sizes:
         values = flat.gather(srcs, read=lambda p: p.value)
         return [(dsts, dst_store.buffer, _on(values, dst_store.device, aliased))]
-    return [([d], d._data, _on(s.value, d.device, aliased)) for d, s in group]
+    return [([d], d.storage(), _on(s.value, d.device, aliased)) for d, s in group]
 
 
 def _on(values: Any, target: Device, snapshot: bool) -> Any:

@@ -13,6 +13,7 @@ breaks the old store, and code that wants the fast path asks `intact_store(param
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,13 +24,17 @@ from .xp import concat_flat
 
 
 class FlatStore:
-    """One buffer on one device holding the given Params, in order, as reshaped views."""
+    """One buffer on one device holding its members, in order, as reshaped views.
 
-    __slots__ = ("buffer", "members", "offsets", "sizes", "broken", "__weakref__")
+    Ownership goes one way: each member holds its store (``Param.flat_store``), the store
+    holds its members weakly. So a discarded model frees its Params, and with the last of
+    them the store and its buffer, by reference counting alone."""
 
-    def __init__(self, buffer: Any, members: Sequence[Param], sizes: Sequence[int]) -> None:
+    __slots__ = ("buffer", "_members", "offsets", "sizes", "broken", "__weakref__")
+
+    def __init__(self, buffer: Any, sizes: Sequence[int]) -> None:
         self.buffer = buffer
-        self.members = list(members)
+        self._members: list[weakref.ref[Param]] = []
         self.sizes = list(sizes)
         self.offsets = [0] * len(self.sizes)
         total = 0
@@ -37,6 +42,24 @@ class FlatStore:
             self.offsets[i] = total
             total += size
         self.broken = False
+
+    @property
+    def members(self) -> list[Param | None]:
+        """The members in buffer order (None for one that has been freed)."""
+        return [ref() for ref in self._members]
+
+    def hold(self, members: Sequence[Param]) -> None:
+        self._members = [weakref.ref(p) for p in members]
+
+    def holds(self, group: Sequence[Param]) -> bool:
+        """Whether ``group`` is exactly this store's members, in order."""
+        refs = self._members
+        if len(refs) != len(group):
+            return False
+        for p, ref in zip(group, refs, strict=True):
+            if ref() is not p:
+                return False
+        return True
 
     @property
     def device(self) -> Device:
@@ -57,12 +80,9 @@ def intact_store(group: Sequence[Param]) -> FlatStore | None:
     """The store that holds exactly ``group``, in order, if it is intact; else None."""
     if not group:
         return None
-    store = group[0]._store
-    if store is None or store.broken or len(store.members) != len(group):
+    store = group[0].flat_store
+    if store is None or store.broken or not store.holds(group):
         return None
-    for p, member in zip(group, store.members, strict=True):
-        if p is not member:
-            return None
     return store
 
 
@@ -103,19 +123,19 @@ def sizes_of(group: Sequence[Param]) -> list[int]:
 def adopt(members: Sequence[Param], buffer: Any, grads: Sequence[Any]) -> FlatStore:
     """Re-home ``members`` into views of ``buffer`` with ``grads`` (their old storage is
     dropped) and return the store."""
-    store = FlatStore(buffer, members, sizes_of(members))
+    store = FlatStore(buffer, sizes_of(members))
     views = store.views([p.shape for p in members])
     for p, view, grad in zip(members, views, grads, strict=True):
-        p._rehome(view, grad)
-        p._store = store
+        p.rehome(view, grad, store=store)
+    store.hold(members)
     return store
 
 
 def params_on(buffer: Any, like: Sequence[Param]) -> list[Param]:
     """New Params viewing ``buffer``, one per Param of ``like`` (same shape, name, origin)."""
-    store = FlatStore(buffer, [], sizes_of(like))
+    store = FlatStore(buffer, sizes_of(like))
     where = store.device
-    made = [Param._view(view, where, name=p.name, origin=p.origin, store=store)
+    made = [Param.in_store(view, where, name=p.name, origin=p.origin, store=store)
             for p, view in zip(like, store.views([p.shape for p in like]), strict=True)]
-    store.members = made
+    store.hold(made)
     return made

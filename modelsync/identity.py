@@ -16,11 +16,15 @@ from typing import Any, Generic, TypeVar
 V = TypeVar("V")
 
 
-def _dropper(entries: dict[int, tuple[Any, Any]], key: int) -> Callable[[Any], None]:
+def _dropper(owner: weakref.ref[IdentityMap[Any]], key: int) -> Callable[[Any], None]:
+    # (the map weakly: a map held by what it maps must not be kept alive by its own entries)
     def drop(dead: Any) -> None:
-        entry = entries.get(key)
+        found = owner()
+        if found is None:
+            return
+        entry = found._entries.get(key)
         if entry is not None and entry[0] is dead:  # (not an entry made since for a new key)
-            del entries[key]
+            del found._entries[key]
 
     return drop
 
@@ -28,10 +32,11 @@ def _dropper(entries: dict[int, tuple[Any, Any]], key: int) -> Callable[[Any], N
 class IdentityMap(Generic[V]):
     """``key -> value`` by ``id(key)``, holding each key weakly (see the module doc)."""
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "_me", "__weakref__")
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[Any, V]] = {}
+        self._me = weakref.ref(self)
 
     def get(self, key: Any, default: Any = None) -> Any:
         entry = self._entries.get(id(key))
@@ -44,7 +49,7 @@ class IdentityMap(Generic[V]):
         referenced, so the caller knows it has no entry to rely on."""
         k = id(key)
         try:
-            ref = weakref.ref(key, _dropper(self._entries, k))
+            ref = weakref.ref(key, _dropper(self._me, k))
         except TypeError:
             return False
         self._entries[k] = (ref, value)
