@@ -215,7 +215,7 @@ def _matched_pairs(dst: Any, src: Any, check: str
     return [(dp, sp) for _, dp, sp in chosen.values()], ties
 
 
-SyncPlan = tuple[list[list[tuple[Param, Param]]], list[tuple[str, str, Param, Param]], bool]
+SyncPlan = tuple[list["SyncGroup"], list[tuple[str, str, Param, Param]], bool]
 _PLANS_PER_MODEL = 8  # sync plans kept per dst model (one per src and check it is synced from)
 
 
@@ -261,26 +261,55 @@ def _equal(a: Param, b: Param) -> bool:
     return bool(xp.all(va == vb))
 
 
-def _pair_groups(pairs: list[tuple[Param, Param]]) -> list[list[tuple[Param, Param]]]:
+class SyncGroup:
+    """The pairs of one dtype, as the two lists of Params, with the flat stores that held
+    each list whole (same layout) when the plan was made. A store holds its members for life
+    and breaks if one of them is re-homed or freed, so while neither store is broken the
+    whole-buffer copy still applies: checking that is O(1) per sync, not O(Params)."""
+
+    __slots__ = ("dsts", "srcs", "dst_store", "src_store")
+
+    def __init__(self, pairs: list[tuple[Param, Param]]) -> None:
+        self.dsts = [d for d, _ in pairs]
+        self.srcs = [s for _, s in pairs]
+        self.dst_store, self.src_store = _whole_stores(self.dsts, self.srcs)
+
+    def stores(self) -> tuple[Any, Any]:
+        """(dst store, src store) if both still hold their side whole, else (None, None)."""
+        dst_store, src_store = self.dst_store, self.src_store
+        if dst_store is None or dst_store.broken or src_store.broken:
+            # (a store made since may hold them: ask again, as the plan did)
+            dst_store, src_store = self.dst_store, self.src_store = _whole_stores(
+                self.dsts, self.srcs)
+        return dst_store, src_store
+
+
+def _whole_stores(dsts: list[Param], srcs: list[Param]) -> tuple[Any, Any]:
+    dst_store, src_store = flat.intact_store(dsts), flat.intact_store(srcs)
+    if len(dsts) > 1 and dst_store is not None and src_store is not None \
+            and dst_store.sizes == src_store.sizes:
+        return dst_store, src_store
+    return None, None
+
+
+def _pair_groups(pairs: list[tuple[Param, Param]]) -> list[SyncGroup]:
     groups: dict[str, list[tuple[Param, Param]]] = {}
     for d, s in pairs:
         groups.setdefault(dtype_name(d.dtype), []).append((d, s))
-    return list(groups.values())
+    return [SyncGroup(group) for group in groups.values()]
 
 
-def _stage(group: list[tuple[Param, Param]], aliased: bool
-           ) -> list[tuple[list[Param], Any, Any]]:
+def _stage(group: SyncGroup, aliased: bool) -> list[tuple[list[Param], Any, Any]]:
     """(dst Params, the storage to write, the values on its device): one whole buffer when
     both sides are intact flat stores of the same layout, else one entry per Param. When
     ``aliased`` (a src Param is also written as a dst Param) values are snapshots, so no
     write can change what a later one reads."""
-    dsts, srcs = [d for d, _ in group], [s for _, s in group]
-    dst_store, src_store = flat.intact_store(dsts), flat.intact_store(srcs)
-    if len(group) > 1 and dst_store is not None and src_store is not None \
-            and dst_store.sizes == src_store.sizes:
-        values = flat.gather(srcs, read=lambda p: p.value)
-        return [(dsts, dst_store.buffer, _on(values, dst_store.device, aliased))]
-    return [([d], d.storage(), _on(s.value, d.device, aliased)) for d, s in group]
+    dst_store, src_store = group.stores()
+    if dst_store is not None:
+        values = flat.store_values(src_store, group.srcs, read=lambda p: p.value)
+        return [(group.dsts, dst_store.buffer, _on(values, dst_store.device, aliased))]
+    return [([d], d.storage(), _on(s.value, d.device, aliased))
+            for d, s in zip(group.dsts, group.srcs, strict=True)]
 
 
 def _on(values: Any, target: Device, snapshot: bool) -> Any:

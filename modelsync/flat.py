@@ -30,11 +30,12 @@ class FlatStore:
     holds its members weakly. So a discarded model frees its Params, and with the last of
     them the store and its buffer, by reference counting alone."""
 
-    __slots__ = ("buffer", "_members", "offsets", "sizes", "broken", "__weakref__")
+    __slots__ = ("buffer", "_members", "_ids", "offsets", "sizes", "broken", "__weakref__")
 
     def __init__(self, buffer: Any, sizes: Sequence[int]) -> None:
         self.buffer = buffer
         self._members: list[weakref.ref[Param]] = []
+        self._ids: list[int] = []
         self.sizes = list(sizes)
         self.offsets = [0] * len(self.sizes)
         total = 0
@@ -49,17 +50,15 @@ class FlatStore:
         return [ref() for ref in self._members]
 
     def hold(self, members: Sequence[Param]) -> None:
-        self._members = [weakref.ref(p) for p in members]
+        """Take ``members`` (weakly); the store breaks when one of them is freed."""
+        broke = _breaker(weakref.ref(self))
+        self._members = [weakref.ref(p, broke) for p in members]
+        self._ids = [id(p) for p in members]
 
     def holds(self, group: Sequence[Param]) -> bool:
-        """Whether ``group`` is exactly this store's members, in order."""
-        refs = self._members
-        if len(refs) != len(group):
-            return False
-        for p, ref in zip(group, refs, strict=True):
-            if ref() is not p:
-                return False
-        return True
+        """Whether ``group`` is exactly this store's members, in order. (While the store is
+        not broken every member is alive, so their ids are theirs alone.)"""
+        return not self.broken and list(map(id, group)) == self._ids
 
     @property
     def device(self) -> Device:
@@ -76,12 +75,21 @@ class FlatStore:
                 for o, n, shape in zip(self.offsets, self.sizes, shapes, strict=True)]
 
 
+def _breaker(store: weakref.ref[FlatStore]) -> Any:
+    def broke(_: Any) -> None:  # a member was freed: the store no longer holds them all
+        found = store()
+        if found is not None:
+            found.broken = True
+
+    return broke
+
+
 def intact_store(group: Sequence[Param]) -> FlatStore | None:
     """The store that holds exactly ``group``, in order, if it is intact; else None."""
     if not group:
         return None
     store = group[0].flat_store
-    if store is None or store.broken or not store.holds(group):
+    if store is None or not store.holds(group):
         return None
     return store
 
@@ -99,10 +107,16 @@ def gather(group: Sequence[Param], read: Callable[[Param], Any]) -> Any:
     is an intact store (no copy), else a concatenation (one local pass)."""
     store = intact_store(group)
     if store is not None:
-        for p in group:
-            read(p)  # wrap mode: bring each member up to date in place
-        return store.buffer
+        return store_values(store, group, read)
     return concat_flat([read(p) for p in group])
+
+
+def store_values(store: FlatStore, group: Sequence[Param], read: Callable[[Param], Any]) -> Any:
+    """The buffer of ``store``, which holds exactly ``group``, once each member is read
+    (wrap mode: brought up to date in place)."""
+    for p in group:
+        read(p)
+    return store.buffer
 
 
 def copy_flat(group: Sequence[Param], target: Device, *, reason: str,

@@ -16,15 +16,28 @@ from typing import Any, Generic, TypeVar
 V = TypeVar("V")
 
 
-def _dropper(owner: weakref.ref[IdentityMap[Any]], key: int) -> Callable[[Any], None]:
+class _KeyedRef(weakref.ref):
+    """A weak reference that remembers the id of its referent (its key in the map)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, obj: Any, callback: Any, key: int) -> None:
+        super().__init__(obj, callback)
+        self.key = key
+
+    def __new__(cls, obj: Any, callback: Any, key: int) -> _KeyedRef:  # noqa: ARG004
+        return super().__new__(cls, obj, callback)
+
+
+def _dropper(owner: weakref.ref[IdentityMap[Any]]) -> Callable[[Any], None]:
     # (the map weakly: a map held by what it maps must not be kept alive by its own entries)
-    def drop(dead: Any) -> None:
+    def drop(dead: _KeyedRef) -> None:
         found = owner()
         if found is None:
             return
-        entry = found._entries.get(key)
+        entry = found._entries.get(dead.key)
         if entry is not None and entry[0] is dead:  # (not an entry made since for a new key)
-            del found._entries[key]
+            del found._entries[dead.key]
 
     return drop
 
@@ -32,11 +45,11 @@ def _dropper(owner: weakref.ref[IdentityMap[Any]], key: int) -> Callable[[Any], 
 class IdentityMap(Generic[V]):
     """``key -> value`` by ``id(key)``, holding each key weakly (see the module doc)."""
 
-    __slots__ = ("_entries", "_me", "__weakref__")
+    __slots__ = ("_entries", "_drop", "__weakref__")
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[Any, V]] = {}
-        self._me = weakref.ref(self)
+        self._drop = _dropper(weakref.ref(self))  # (one callback for every entry)
 
     def get(self, key: Any, default: Any = None) -> Any:
         entry = self._entries.get(id(key))
@@ -49,11 +62,25 @@ class IdentityMap(Generic[V]):
         referenced, so the caller knows it has no entry to rely on."""
         k = id(key)
         try:
-            ref = weakref.ref(key, _dropper(self._me, k))
+            ref = _KeyedRef(key, self._drop, k)
         except TypeError:
             return False
         self._entries[k] = (ref, value)
         return True
+
+    def setdefault(self, key: Any, value: V) -> V | None:
+        """The value stored for ``key``, else ``value`` stored for it; None if ``key`` cannot
+        be weakly referenced (nothing stored)."""
+        k = id(key)
+        entry = self._entries.get(k)
+        if entry is not None and entry[0]() is key:
+            return entry[1]
+        try:
+            ref = _KeyedRef(key, self._drop, k)
+        except TypeError:
+            return None
+        self._entries[k] = (ref, value)
+        return value
 
     def pop(self, key: Any, default: Any = None) -> Any:
         entry = self._entries.pop(id(key), None)

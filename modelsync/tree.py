@@ -162,16 +162,18 @@ def cache_of(model: Any) -> Walked:
     watchable = [True]
     _walk_layer(model, "", found, tracked, watchable)
     with_params = []
-    moved = None
-    for path, node in found:
-        if type(node) is Param:
-            with_params.append((path, node))
+    for item in found:
+        if type(item[1]) is Param:
+            with_params.append(item)
         else:
-            tracked.append(node)
-            if moved is None and len(_moved):
-                where = _moved.get(node)
-                if where is not None:
-                    moved = (path, where)
+            tracked.append(item[1])
+    moved = None
+    if len(_moved):
+        for path, node in found:
+            where = _moved.get(node)
+            if where is not None:
+                moved = (path, where)
+                break
     cached = Walked(found, with_params, moved)
     if watchable[0] and subscribe(tracked, cached) and _walks.set(model, cached):
         cached.valid = True

@@ -28,15 +28,14 @@ def subscribe(nodes: Iterable[Any], listener: Listener) -> bool:
     """Have ``listener.invalidate()`` called at the next change of any of ``nodes``; False if
     a node cannot be watched (no weak references to it), so the caller must not cache."""
     ref = weakref.ref(listener)
+    setdefault = _subscribers.setdefault
     for node in nodes:
-        refs = _subscribers.get(node)
+        refs = setdefault(node, [])
         if refs is None:
-            if not _subscribers.set(node, [ref]):
-                return False
-        else:
-            if len(refs) >= 8:  # drop the references to caches that have since died
-                refs[:] = [r for r in refs if r() is not None]
-            refs.append(ref)
+            return False
+        if len(refs) >= 8:  # drop the references to caches that have since died
+            refs[:] = [r for r in refs if r() is not None]
+        refs.append(ref)
     return True
 
 
