@@ -30,12 +30,14 @@ class FlatStore:
     holds its members weakly. So a discarded model frees its Params, and with the last of
     them the store and its buffer, by reference counting alone."""
 
-    __slots__ = ("buffer", "_members", "_ids", "offsets", "sizes", "broken", "__weakref__")
+    __slots__ = ("buffer", "_members", "_ids", "_all_alive", "offsets", "sizes", "broken",
+                 "__weakref__")
 
     def __init__(self, buffer: Any, sizes: Sequence[int]) -> None:
         self.buffer = buffer
         self._members: list[weakref.ref[Param]] = []
         self._ids: list[int] = []
+        self._all_alive = True
         self.sizes = list(sizes)
         self.offsets = [0] * len(self.sizes)
         total = 0
@@ -50,15 +52,15 @@ class FlatStore:
         return [ref() for ref in self._members]
 
     def hold(self, members: Sequence[Param]) -> None:
-        """Take ``members`` (weakly); the store breaks when one of them is freed."""
-        broke = _breaker(weakref.ref(self))
-        self._members = [weakref.ref(p, broke) for p in members]
+        """Take ``members`` (weakly)."""
+        lost = _on_loss(weakref.ref(self))
+        self._members = [weakref.ref(p, lost) for p in members]
         self._ids = [id(p) for p in members]
 
     def holds(self, group: Sequence[Param]) -> bool:
-        """Whether ``group`` is exactly this store's members, in order. (While the store is
-        not broken every member is alive, so their ids are theirs alone.)"""
-        return not self.broken and list(map(id, group)) == self._ids
+        """Whether ``group`` is exactly this store's members, in order, and none was moved
+        away. (While every member is alive, their ids are theirs alone.)"""
+        return not self.broken and self._all_alive and list(map(id, group)) == self._ids
 
     @property
     def device(self) -> Device:
@@ -75,13 +77,13 @@ class FlatStore:
                 for o, n, shape in zip(self.offsets, self.sizes, shapes, strict=True)]
 
 
-def _breaker(store: weakref.ref[FlatStore]) -> Any:
-    def broke(_: Any) -> None:  # a member was freed: the store no longer holds them all
+def _on_loss(store: weakref.ref[FlatStore]) -> Any:
+    def lost(_: Any) -> None:  # a member was freed: no group can be all of them now
         found = store()
         if found is not None:
-            found.broken = True
+            found._all_alive = False
 
-    return broke
+    return lost
 
 
 def intact_store(group: Sequence[Param]) -> FlatStore | None:
