@@ -452,3 +452,13 @@ def test_registering_a_class_late_is_seen_by_earlier_walks():
     assert ms.params(net) == []
     ms.layer(TreeTestLateHead)
     assert len(ms.params(net)) == 1
+
+
+def test_a_layer_class_without_weak_references_is_refused():
+    @attrs.define(eq=False, weakref_slot=False)
+    class TreeTestNoWeakRef:
+        w: Param
+
+    with pytest.raises(TypeError, match="TreeTestNoWeakRef does not support weak references"):
+        ms.layer(TreeTestNoWeakRef)
+    assert tree.registered_layer("TreeTestNoWeakRef") is None
