@@ -25,13 +25,6 @@ _REGISTRY: dict[str, type] = {}
 _LAYER_TYPES: set[type] = set()  # the registered classes, for an O(1) is_layer
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # each layer class's attrs field names
 
-# Caches: each model's walk (and what is derived from it: its graph id, its sync plans) is
-# cached in `_walks`, keyed weakly by the model, and subscribed (watch.py) to every layer and
-# TrackedList it passed through: a change to one of them invalidates exactly the walks that
-# hold it. Trees holding plain lists (which cannot be watched) are walked afresh each time.
-_LAYER_CHANGED = "__ms_tracking__"
-
-
 def register_layer(cls: type, name: str | None = None) -> type:
     """Record ``cls`` under ``name`` (default: its class name) so `ms.load` can rebuild it."""
     key = name or cls.__name__
@@ -47,7 +40,7 @@ def register_layer(cls: type, name: str | None = None) -> type:
             f"layer class {cls.__qualname__} does not support weak references (a __slots__ "
             "without '__weakref__', or attrs weakref_slot=False); modelsync keeps its caches "
             "and marks of a model only weakly, so a layer must allow them")
-    if not getattr(cls.__setattr__, _LAYER_CHANGED, False):
+    if not getattr(cls.__setattr__, "__ms_tracking__", False):  # (see watch.py)
         cls.__setattr__ = tracking_setattr(cls.__setattr__)
     _refuse_copies_when_moved(cls)
     if known is not None:
@@ -110,6 +103,10 @@ def require_model(model: Any, argument: str = "model") -> None:
 
 
 # -- traversal ----------------------------------------------------------------------------
+# Each model's walk (and what is derived from it: its graph id, its sync plans) is cached in
+# `_walks`, keyed weakly by the model, and subscribed (watch.py) to every layer and
+# TrackedList it passed through: a change to one of them invalidates exactly the walks that
+# hold it. Trees holding what can change unseen (a plain list) are walked afresh each time.
 class Walked:
     """One model's walk, cached with what is derived from it: every (path, node) below the
     model, its (path, Param) pairs, the first layer in it that was moved away (path, where),

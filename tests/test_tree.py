@@ -462,3 +462,16 @@ def test_a_layer_class_without_weak_references_is_refused():
     with pytest.raises(TypeError, match="TreeTestNoWeakRef does not support weak references"):
         ms.layer(TreeTestNoWeakRef)
     assert tree.registered_layer("TreeTestNoWeakRef") is None
+
+
+@ms.layer
+class TreeTestArrayConfig:
+    scale: object
+    w: Param
+
+
+def test_an_array_in_the_configuration_is_read_afresh_by_graph_id():
+    model = TreeTestArrayConfig(np.ones(2), Param(np.ones(2)))
+    first = ms.graph_id(model)
+    model.scale[0] = 5.0  # changed in place: no event, so nothing about it may be cached
+    assert ms.graph_id(model) != first
