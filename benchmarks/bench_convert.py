@@ -21,6 +21,12 @@ def model_of_1000_params(width: int):
     return layers.Chain(*[layers.Dense(width, width, seed=i) for i in range(500)])
 
 
+def build_another() -> None:
+    """Build (and edit) an unrelated model: it must not slow the next sync of another."""
+    other = layers.Chain(layers.Dense(4, 4, seed=0))
+    other.layers.append(layers.Dense(4, 4, seed=1))
+
+
 def door_time(nbytes: int, src: str, dst: str) -> float:
     """Seconds for one copy_to of a flat buffer of ``nbytes`` from ``src`` to ``dst``: what
     the bytes themselves cost through the transfer door (allocation included)."""
@@ -43,6 +49,8 @@ def run(width: int) -> list[str]:
         ("sync host -> host (flat, same graph)", "host", "host",
          lambda: ms.sync(host_twin, flat_host)),
         ("sync host-built -> host (per Param)", "host", "host", lambda: ms.sync(host_twin, host)),
+        ("sync host -> host (flat) after building another model", "host", "host",
+         lambda: ms.sync(host_twin, flat_host), build_another),
         ("to_device copy, host-built -> sim:1", "host", "sim:1",
          lambda: ms.to_device(host, "sim:1")),
         ("to_host copy, flat sim:1 model", "sim:1", "host", lambda: ms.to_host(sim)),
@@ -50,8 +58,8 @@ def run(width: int) -> list[str]:
         ("sync sim:1 -> host (flat)", "sim:1", "host", lambda: ms.sync(host_twin, sim)),
     ]
     rows = []
-    for name, src, dst, fn in cases:
-        seconds = best_time(fn, repeat=5)
+    for name, src, dst, fn, *setup in cases:
+        seconds = best_time(fn, repeat=5, setup=setup[0] if setup else None)
         door = door_time(nbytes, src, dst)
         rows.append(row(f"{name}, {label}", seconds / door, "≤ 1.3×",
                         f"{seconds / memcpy:.1f}× one memcpy"))

@@ -18,48 +18,62 @@ import numpy as np
 from . import flat
 from .devices import device_of
 from .errors import CoherenceError
+from .identity import IdentityMap
 from .params import Param
 from .transfers import copy_to
 from .tree import params
 
 BOTH, ORIGINAL, TWIN = "both", "original", "twin"
-#: Host arrays made read-only for wrapped originals: id -> [array, writable view, users]
-#: (two Params may be built over one array; the last to unlink makes it writable again).
-_protected: dict[int, list[Any]] = {}
 _collecting = False  # True while a collected wrapper is being detached (see _forget)
+
+
+class Protection:
+    """A host array made read-only while it backs wrapped originals, with the writable view
+    they write through and how many of them there are (two Params may be built over one
+    array; the last to unlink makes it writable again)."""
+
+    __slots__ = ("array", "view", "users", "__weakref__")
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.view = array.view()  # (made while the array is still writable)
+        self.users = 1
+        array.flags.writeable = False
+
+
+#: id(host array) -> its Protection, held by the Links that use it (an entry goes with them)
+_protected: weakref.WeakValueDictionary[int, Protection] = weakref.WeakValueDictionary()
 
 
 class Link:
     """The coupling of one original Param and its wrap-mode twin."""
 
-    __slots__ = ("original", "twin", "newest", "_host_array")
+    __slots__ = ("original", "twin", "newest", "_protection")
 
     def __init__(self, original: Param, twin: Param) -> None:
         self.original = original
         self.twin = twin
         self.newest = BOTH
-        self._host_array: np.ndarray | None = None
-        original._link = self
-        twin._link = self
+        self._protection: Protection | None = None
+        original.set_link(self)
+        twin.set_link(self)
         self._protect_original()
 
     def _protect_original(self) -> None:
         """Make the original's host array read-only, so a raw write raises instead of being
         lost; the Param keeps a writable view for writes through the API."""
-        data = self.original._data
+        data = self.original.storage()
         if not isinstance(data, np.ndarray):
             return
-        entry = _protected.get(id(data))
-        if entry is not None and entry[0] is data:  # another Param over the same array
-            entry[2] += 1
+        protection = _protected.get(id(data))
+        if protection is not None and protection.array is data:  # another Param over it
+            protection.users += 1
         elif data.flags.writeable:
-            entry = _protected[id(data)] = [data, data.view(), 1]  # (view made while writable)
-            data.flags.writeable = False
+            protection = _protected[id(data)] = Protection(data)
         else:
             return
-        self._host_array = data
-        self.original._data = entry[1]
-        self.original._readonly = data
+        self._protection = protection
+        self.original.set_storage(protection.view, readonly=data)
 
     def _side(self, p: Param) -> str:
         return ORIGINAL if p is self.original else TWIN
@@ -69,7 +83,7 @@ class Link:
         if self.newest == BOTH or self.newest == self._side(p):
             return
         other = self.twin if p is self.original else self.original
-        p._data[...] = copy_to(other._data, p.device, reason="wrap: pull newer values",
+        p.storage()[...] = copy_to(other.storage(), p.device, reason="wrap: pull newer values",
                                guarded=not _collecting)
         self.newest = BOTH
 
@@ -82,28 +96,29 @@ class Link:
 
     def unlink(self) -> None:
         """Cut the link: the original becomes writable again and each side independent."""
-        array = self._host_array
-        if array is not None:
-            entry = _protected[id(array)]
-            entry[2] -= 1
-            if entry[2] == 0:  # the last Param over this array lets it go
-                del _protected[id(array)]
-                array.flags.writeable = True
-                self.original._data = array
+        protection = self._protection
+        if protection is not None:
+            protection.users -= 1
+            if protection.users == 0:  # the last Param over this array lets it go
+                _protected.pop(id(protection.array), None)
+                protection.array.flags.writeable = True
+                self.original.set_storage(protection.array)
             else:  # still protected for another Param: keep writing through the view
-                self.original._data = entry[1]
-            self._host_array = None
-        self.original._readonly = None
-        self.original._link = None
-        self.twin._link = None
+                self.original.set_storage(protection.view)
+            self._protection = None
+        self.original.set_link(None)
+        self.twin.set_link(None)
 
 
 @attrs.define(eq=False)
 class Wrapping:
-    """What the registry knows of one wrapper: its original and the links of its Params."""
+    """One wrapper's tie to its original: the original, the links of its Params, and the
+    finalizer that detaches the wrapper if it is freed undetached (cancelled by detach, so
+    a detached wrapper holds nothing of its original)."""
 
     original: Any
     links: list[Link]
+    finalizer: Any = None
 
     def write_back(self) -> None:
         """Bring every original Param up to date with its twin: one transfer per twin store
@@ -128,7 +143,7 @@ def _pull_whole_stores(stale: list[Link]) -> list[Link]:
     transfer, scattering it into the originals; return the links left to pull one by one."""
     by_store: dict[int, list[Link]] = {}
     for link in stale:
-        by_store.setdefault(id(link.twin._store), []).append(link)
+        by_store.setdefault(id(link.twin.flat_store), []).append(link)
     left: list[Link] = []
     for links in by_store.values():
         store = flat.intact_store([link.twin for link in links])
@@ -140,13 +155,14 @@ def _pull_whole_stores(stale: list[Link]) -> list[Link]:
                          guarded=not _collecting)
         xp = device_of(buffer).xp
         for link, offset, size in zip(links, store.offsets, store.sizes, strict=True):
-            link.original._data[...] = xp.reshape(buffer[offset:offset + size],
+            link.original.storage()[...] = xp.reshape(buffer[offset:offset + size],
                                                   link.original.shape)
             link.newest = BOTH
     return left
 
 
-_wrappings: dict[int, Wrapping] = {}
+#: live wrapper -> its Wrapping (held weakly by the wrapper: the entry goes with it)
+_wrappings: IdentityMap[Wrapping] = IdentityMap()
 
 
 def link_params(original: Any, twins: dict[int, Param]) -> Wrapping:
@@ -155,43 +171,44 @@ def link_params(original: Any, twins: dict[int, Param]) -> Wrapping:
 
 
 def register_wrapper(wrapper: Any, wrapping: Wrapping) -> None:
-    """Record ``wrapper``; if it is garbage-collected undetached, it is detached then."""
-    key = id(wrapper)
-    _wrappings[key] = wrapping
-    weakref.finalize(wrapper, _forget, key, wrapping)
+    """Record ``wrapper``; if it is freed undetached, it is detached then."""
+    _wrappings.set(wrapper, wrapping)  # (registered layers take weak references)
+    wrapping.finalizer = weakref.finalize(wrapper, _forget, wrapping)
 
 
-def _forget(key: int, wrapping: Wrapping) -> None:
-    if _wrappings.get(key) is wrapping:
-        del _wrappings[key]
-        # Collected inside a transfer_guard("disallow") block or not, the links must go.
-        global _collecting
-        _collecting = True  # its updates go back even inside transfer_guard("disallow")
-        try:
-            wrapping.release()
-        finally:
-            _collecting = False
-            for link in wrapping.links:
-                link.unlink()
+def _forget(wrapping: Wrapping) -> None:
+    """The wrapper was freed undetached: its updates go back to the original and the links
+    go, even inside a transfer_guard("disallow") block."""
+    global _collecting
+    _collecting = True
+    try:
+        wrapping.release()
+    finally:
+        _collecting = False
+        for link in wrapping.links:
+            link.unlink()
 
 
 def wrapping_of(model: Any) -> Wrapping | None:
     """The Wrapping of ``model`` if it is a live wrapper, else None."""
-    return _wrappings.get(id(model))
+    return _wrappings.get(model)
 
 
 def detach_wrapper(wrapper: Any) -> None:
     """Write pending updates back to the original, then cut every link of ``wrapper``."""
-    _wrappings[id(wrapper)].release()  # raises (and stays a wrapper) if a transfer fails
-    del _wrappings[id(wrapper)]
+    wrapping = _wrappings.get(wrapper)
+    wrapping.release()  # raises (and stays a wrapper) if a transfer fails
+    _wrappings.pop(wrapper)
+    wrapping.finalizer.detach()  # (it held the Wrapping, and through it the original)
 
 
 def check_unlinked(model: Any, action: str) -> None:
     """CoherenceError if any Param of ``model`` takes part in a wrap: an original has one
     wrapper at a time, and neither it nor its wrapper may be moved or wrapped again."""
     for p in params(model):
-        if p._link is not None:
-            role = "a wrapped original" if p._link.original is p else "a wrapper"
+        link = p.link
+        if link is not None:
+            role = "a wrapped original" if link.original is p else "a wrapper"
             raise CoherenceError(
                 f"cannot {action} {role}: an original has one wrapper at a time and its "
                 "Params are linked by to_device(mode=\"wrap\"); call ms.detach(wrapper) first")

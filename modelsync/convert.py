@@ -22,9 +22,11 @@ from . import coherence, flat
 from .checks import as_float
 from .devices import HOST, Device, device, device_of, dtype_name, is_array
 from .errors import ArgumentError, CoherenceError, GraphMismatchError
+from .identity import IdentityMap
 from .params import Param
 from .transfers import copy_to, to_device_array
 from .tree import (
+    cache_of,
     graph_id,
     is_layer,
     mark_moved,
@@ -32,7 +34,6 @@ from .tree import (
     params,
     rebuild,
     require_model,
-    structure_epoch,
 )
 
 MODES = ("copy", "move", "wrap")
@@ -120,8 +121,8 @@ def _move(model: Any, target: Device) -> Any:
     for group in flat.group_by_dtype(params(model)).values():
         if all(p.device == target for p in group):
             continue
-        buffer = flat.copy_flat(group, target, reason=reason, read=lambda p: p._data)
-        grads = [None if p._grad is None else copy_to(p._grad, target, reason=reason, what="grad")
+        buffer = flat.copy_flat(group, target, reason=reason, read=lambda p: p.storage())
+        grads = [None if p.grad is None else copy_to(p.grad, target, reason=reason, what="grad")
                  for p in group]
         staged.append((group, buffer, grads))
     moved = rebuild(model, lambda p: p)  # (before any Param changes: it may still fail)
@@ -214,28 +215,37 @@ def _matched_pairs(dst: Any, src: Any, check: str
     return [(dp, sp) for _, dp, sp in chosen.values()], ties
 
 
-Plan = tuple[list[list[tuple[Param, Param]]], list[tuple[str, str, Param, Param]], bool]
-_PLAN_CACHE_SIZE = 64
-_plans: dict[tuple[int, int, str], tuple[int, Any, Any, Plan]] = {}
+SyncPlan = tuple[list["SyncGroup"], list[tuple[str, str, Param, Param]], bool]
+_PLANS_PER_MODEL = 8  # sync plans kept per dst model (one per src and check it is synced from)
 
 
-def _sync_plan(dst: Any, src: Any, check: str) -> Plan:
-    """The checked pairs of a sync, grouped by dtype, and the ties whose values must agree;
-    reused while neither tree has changed (see tree.structure_epoch)."""
-    key = (id(dst), id(src), check)
-    entry = _plans.get(key)
-    epoch = structure_epoch(dst, src)
-    if entry is not None and epoch is not None and entry[0] == epoch \
-            and entry[1]() is dst and entry[2]() is src:
-        return entry[3]
+def _sync_plan(dst: Any, src: Any, check: str) -> SyncPlan:
+    """The checked pairs of a sync, grouped by dtype, and the ties whose values must agree.
+
+    Cached with dst's walk (tree.cache_of), keyed weakly by src: reused while neither tree
+    has changed (a change to either makes a new walk, so a plan made from an old one is
+    never found), and dropped with dst's walk or when src is freed."""
+    dst_walk, src_walk = cache_of(dst), cache_of(src)
+    plans = dst_walk.derived.get("sync")
+    if plans is not None:
+        entry = plans.get(src)
+        if entry is not None and entry[0]() is src_walk and check in entry[1]:
+            return entry[1][check]
     pairs, ties = _matched_pairs(dst, src, check)
     written = {id(d) for d, _ in pairs}
     aliased = any(id(s) in written for _, s in pairs)  # a src Param dst also writes
     plan = (_pair_groups(pairs), ties, aliased)
-    if epoch is not None:
-        if len(_plans) >= _PLAN_CACHE_SIZE:
-            _plans.pop(next(iter(_plans)))
-        _plans[key] = (epoch, weakref.ref(dst), weakref.ref(src), plan)
+    if dst_walk.valid and src_walk.valid:
+        if plans is None:
+            plans = dst_walk.derived["sync"] = IdentityMap()
+        entry = plans.get(src)
+        if entry is None or entry[0]() is not src_walk:
+            if len(plans) >= _PLANS_PER_MODEL:
+                plans = dst_walk.derived["sync"] = IdentityMap()
+            # (src's walk weakly: two models synced both ways must not hold each other)
+            entry = (weakref.ref(src_walk), {})
+            plans.set(src, entry)
+        entry[1][check] = plan
     return plan
 
 
@@ -251,26 +261,55 @@ def _equal(a: Param, b: Param) -> bool:
     return bool(xp.all(va == vb))
 
 
-def _pair_groups(pairs: list[tuple[Param, Param]]) -> list[list[tuple[Param, Param]]]:
+class SyncGroup:
+    """The pairs of one dtype, as the two lists of Params, with the flat stores that held
+    each list whole (same layout) when the plan was made. A store holds its members for life
+    and breaks if one of them is re-homed or freed, so while neither store is broken the
+    whole-buffer copy still applies: checking that is O(1) per sync, not O(Params)."""
+
+    __slots__ = ("dsts", "srcs", "dst_store", "src_store")
+
+    def __init__(self, pairs: list[tuple[Param, Param]]) -> None:
+        self.dsts = [d for d, _ in pairs]
+        self.srcs = [s for _, s in pairs]
+        self.dst_store, self.src_store = _whole_stores(self.dsts, self.srcs)
+
+    def stores(self) -> tuple[Any, Any]:
+        """(dst store, src store) if both still hold their side whole, else (None, None)."""
+        dst_store, src_store = self.dst_store, self.src_store
+        if dst_store is None or dst_store.broken or src_store.broken:
+            # (a store made since may hold them: ask again, as the plan did)
+            dst_store, src_store = self.dst_store, self.src_store = _whole_stores(
+                self.dsts, self.srcs)
+        return dst_store, src_store
+
+
+def _whole_stores(dsts: list[Param], srcs: list[Param]) -> tuple[Any, Any]:
+    dst_store, src_store = flat.intact_store(dsts), flat.intact_store(srcs)
+    if len(dsts) > 1 and dst_store is not None and src_store is not None \
+            and dst_store.sizes == src_store.sizes:
+        return dst_store, src_store
+    return None, None
+
+
+def _pair_groups(pairs: list[tuple[Param, Param]]) -> list[SyncGroup]:
     groups: dict[str, list[tuple[Param, Param]]] = {}
     for d, s in pairs:
         groups.setdefault(dtype_name(d.dtype), []).append((d, s))
-    return list(groups.values())
+    return [SyncGroup(group) for group in groups.values()]
 
 
-def _stage(group: list[tuple[Param, Param]], aliased: bool
-           ) -> list[tuple[list[Param], Any, Any]]:
+def _stage(group: SyncGroup, aliased: bool) -> list[tuple[list[Param], Any, Any]]:
     """(dst Params, the storage to write, the values on its device): one whole buffer when
     both sides are intact flat stores of the same layout, else one entry per Param. When
     ``aliased`` (a src Param is also written as a dst Param) values are snapshots, so no
     write can change what a later one reads."""
-    dsts, srcs = [d for d, _ in group], [s for _, s in group]
-    dst_store, src_store = flat.intact_store(dsts), flat.intact_store(srcs)
-    if len(group) > 1 and dst_store is not None and src_store is not None \
-            and dst_store.sizes == src_store.sizes:
-        values = flat.gather(srcs, read=lambda p: p.value)
-        return [(dsts, dst_store.buffer, _on(values, dst_store.device, aliased))]
-    return [([d], d._data, _on(s.value, d.device, aliased)) for d, s in group]
+    dst_store, src_store = group.stores()
+    if dst_store is not None:
+        values = flat.store_values(src_store, group.srcs, read=lambda p: p.value)
+        return [(group.dsts, dst_store.buffer, _on(values, dst_store.device, aliased))]
+    return [([d], d.storage(), _on(s.value, d.device, aliased))
+            for d, s in zip(group.dsts, group.srcs, strict=True)]
 
 
 def _on(values: Any, target: Device, snapshot: bool) -> Any:

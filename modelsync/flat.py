@@ -13,6 +13,7 @@ breaks the old store, and code that wants the fast path asks `intact_store(param
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,13 +24,20 @@ from .xp import concat_flat
 
 
 class FlatStore:
-    """One buffer on one device holding the given Params, in order, as reshaped views."""
+    """One buffer on one device holding its members, in order, as reshaped views.
 
-    __slots__ = ("buffer", "members", "offsets", "sizes", "broken", "__weakref__")
+    Ownership goes one way: each member holds its store (``Param.flat_store``), the store
+    holds its members weakly. So a discarded model frees its Params, and with the last of
+    them the store and its buffer, by reference counting alone."""
 
-    def __init__(self, buffer: Any, members: Sequence[Param], sizes: Sequence[int]) -> None:
+    __slots__ = ("buffer", "_members", "_ids", "_all_alive", "offsets", "sizes", "broken",
+                 "__weakref__")
+
+    def __init__(self, buffer: Any, sizes: Sequence[int]) -> None:
         self.buffer = buffer
-        self.members = list(members)
+        self._members: list[weakref.ref[Param]] = []
+        self._ids: list[int] = []
+        self._all_alive = True
         self.sizes = list(sizes)
         self.offsets = [0] * len(self.sizes)
         total = 0
@@ -37,6 +45,22 @@ class FlatStore:
             self.offsets[i] = total
             total += size
         self.broken = False
+
+    @property
+    def members(self) -> list[Param | None]:
+        """The members in buffer order (None for one that has been freed)."""
+        return [ref() for ref in self._members]
+
+    def hold(self, members: Sequence[Param]) -> None:
+        """Take ``members`` (weakly)."""
+        lost = _on_loss(weakref.ref(self))
+        self._members = [weakref.ref(p, lost) for p in members]
+        self._ids = [id(p) for p in members]
+
+    def holds(self, group: Sequence[Param]) -> bool:
+        """Whether ``group`` is exactly this store's members, in order, and none was moved
+        away. (While every member is alive, their ids are theirs alone.)"""
+        return not self.broken and self._all_alive and list(map(id, group)) == self._ids
 
     @property
     def device(self) -> Device:
@@ -53,16 +77,22 @@ class FlatStore:
                 for o, n, shape in zip(self.offsets, self.sizes, shapes, strict=True)]
 
 
+def _on_loss(store: weakref.ref[FlatStore]) -> Any:
+    def lost(_: Any) -> None:  # a member was freed: no group can be all of them now
+        found = store()
+        if found is not None:
+            found._all_alive = False
+
+    return lost
+
+
 def intact_store(group: Sequence[Param]) -> FlatStore | None:
     """The store that holds exactly ``group``, in order, if it is intact; else None."""
     if not group:
         return None
-    store = group[0]._store
-    if store is None or store.broken or len(store.members) != len(group):
+    store = group[0].flat_store
+    if store is None or not store.holds(group):
         return None
-    for p, member in zip(group, store.members, strict=True):
-        if p is not member:
-            return None
     return store
 
 
@@ -79,10 +109,16 @@ def gather(group: Sequence[Param], read: Callable[[Param], Any]) -> Any:
     is an intact store (no copy), else a concatenation (one local pass)."""
     store = intact_store(group)
     if store is not None:
-        for p in group:
-            read(p)  # wrap mode: bring each member up to date in place
-        return store.buffer
+        return store_values(store, group, read)
     return concat_flat([read(p) for p in group])
+
+
+def store_values(store: FlatStore, group: Sequence[Param], read: Callable[[Param], Any]) -> Any:
+    """The buffer of ``store``, which holds exactly ``group``, once each member is read
+    (wrap mode: brought up to date in place)."""
+    for p in group:
+        read(p)
+    return store.buffer
 
 
 def copy_flat(group: Sequence[Param], target: Device, *, reason: str,
@@ -103,19 +139,19 @@ def sizes_of(group: Sequence[Param]) -> list[int]:
 def adopt(members: Sequence[Param], buffer: Any, grads: Sequence[Any]) -> FlatStore:
     """Re-home ``members`` into views of ``buffer`` with ``grads`` (their old storage is
     dropped) and return the store."""
-    store = FlatStore(buffer, members, sizes_of(members))
+    store = FlatStore(buffer, sizes_of(members))
     views = store.views([p.shape for p in members])
     for p, view, grad in zip(members, views, grads, strict=True):
-        p._rehome(view, grad)
-        p._store = store
+        p.rehome(view, grad, store=store)
+    store.hold(members)
     return store
 
 
 def params_on(buffer: Any, like: Sequence[Param]) -> list[Param]:
     """New Params viewing ``buffer``, one per Param of ``like`` (same shape, name, origin)."""
-    store = FlatStore(buffer, [], sizes_of(like))
+    store = FlatStore(buffer, sizes_of(like))
     where = store.device
-    made = [Param._view(view, where, name=p.name, origin=p.origin, store=store)
+    made = [Param.in_store(view, where, name=p.name, origin=p.origin, store=store)
             for p, view in zip(like, store.views([p.shape for p in like]), strict=True)]
-    store.members = made
+    store.hold(made)
     return made

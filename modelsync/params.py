@@ -46,22 +46,6 @@ class Param:
         #: Identity of the Param this one was made as: kept by copies, moves and save/load.
         self.origin: str = uuid.uuid4().hex
 
-    @classmethod
-    def _view(cls, data: Any, device: Device, *, name: str | None, origin: str,
-              store: Any) -> Param:
-        """A Param over storage the library just laid out (a flat buffer's view): skips the
-        checks ``__init__`` makes of user input. Conversions make thousands of these."""
-        p = cls.__new__(cls)
-        p._data = data
-        p._grad = None
-        p._device = device
-        p._readonly = None
-        p._link = None
-        p._store = store
-        p.name = name
-        p.origin = origin
-        return p
-
     # -- reading -----------------------------------------------------------------------
     @property
     def value(self) -> Any:
@@ -187,24 +171,11 @@ class Param:
                 f"{what}: array has dtype {dtype_name(array.dtype)}, expected the Param's dtype "
                 f"{dtype_name(self.dtype)}; cast it first")
 
-    # -- storage management (conversion's business) ---------------------------------------
-    def _rehome(self, data: Any, grad: Any = None) -> None:
-        """Point this Param at new storage (mode="move"); the old storage is dropped."""
-        global rehomes
-        rehomes += 1
-        if self._store is not None:
-            self._store.broken = True
-            self._store = None
-        self._data = data
-        self._grad = grad
-        self._device = device_of(data)
-        self._readonly = None
-
     def __deepcopy__(self, memo: dict[int, Any]) -> Param:
         """``copy.deepcopy`` (of a model, e.g. a target network): a Param with its own copy of
         the current values and gradient, in no flat store and linked to nothing."""
         data = self.value
-        twin = Param._view(data.copy() if hasattr(data, "copy") else self._device.xp.asarray(
+        twin = Param.in_store(data.copy() if hasattr(data, "copy") else self._device.xp.asarray(
             data, copy=True), self._device, name=self.name, origin=self.origin, store=None)
         if self._grad is not None:
             grad = self._grad
@@ -212,6 +183,69 @@ class Param:
                 grad, copy=True)
         memo[id(self)] = twin
         return twin
+
+    # -- the library's door: what coherence, flat storage and io use ------------------------
+    # (Not user API: these skip the checks and the wrap-mode bookkeeping of the methods above.
+    # No module outside this one touches a Param's private fields; it asks through these.)
+    @classmethod
+    def in_store(cls, data: Any, device: Device, *, name: str | None, origin: str,
+                 store: Any) -> Param:
+        """A Param over storage the library just laid out (a flat buffer's view, owned by
+        ``store``, or None): skips the checks ``__init__`` makes of user input. Conversions
+        make thousands of these."""
+        p = cls.__new__(cls)
+        p._data = data
+        p._grad = None
+        p._device = device
+        p._readonly = None
+        p._link = None
+        p._store = store
+        p.name = name
+        p.origin = origin
+        return p
+
+    def storage(self) -> Any:
+        """The storage as it is: no wrap-mode pull, no hand-over (what a move copies, what
+        coherence pulls into and from, what a sync that already did the hand-over writes)."""
+        return self._data
+
+    @property
+    def flat_store(self) -> Any:
+        """The flat.FlatStore whose buffer this Param's storage views, or None."""
+        return self._store
+
+    @property
+    def link(self) -> Any:
+        """The coherence link to a wrap-mode twin, or None."""
+        return self._link
+
+    def set_link(self, link: Any) -> None:
+        """Join (or, with None, leave) a wrap-mode link."""
+        self._link = link
+
+    def set_storage(self, data: Any, *, readonly: Any = None) -> None:
+        """Hold the same values through other storage of this device: coherence hands a
+        wrapped original a writable view of its host array and reads out ``readonly`` (the
+        array itself, made read-only so a raw write raises instead of being lost)."""
+        self._data = data
+        self._readonly = readonly
+
+    def rehome(self, data: Any, grad: Any = None, *, store: Any = None) -> None:
+        """Point this Param at new storage, possibly on another device (a move, a load onto
+        a device), viewing ``store``'s buffer if given; the old storage is dropped and the
+        flat store it was part of is broken."""
+        global rehomes
+        rehomes += 1
+        old = self._store
+        if old is not None and old is not store:
+            old.broken = True
+        self._data = data
+        self._grad = grad
+        self._device = device_of(data)
+        self._readonly = None
+        self._store = store
+
+    _rehome = rehome  # (the name tests written before the door still call)
 
     def __repr__(self) -> str:
         label = f"{self.name!r}, " if self.name else ""

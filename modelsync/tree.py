@@ -10,62 +10,20 @@ keeps the sharing (the guarantee Functors.jl's ``fmap`` states).
 from __future__ import annotations
 
 import hashlib
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from .devices import dtype_name
+from .devices import dtype_name, is_array
 from .errors import ArgumentError, ArgumentTypeError, MovedError
+from .identity import IdentityMap
 from .params import Param
+from .watch import TrackedList, changed, subscribe, tracking_setattr
 
 _REGISTRY: dict[str, type] = {}
 _LAYER_TYPES: set[type] = set()  # the registered classes, for an O(1) is_layer
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # each layer class's attrs field names
-
-# -- structure epoch ------------------------------------------------------------------------
-# Walking a tree is most of what a sync or an optimizer's construction costs on a model of
-# many small Params, so walks are cached. A cached walk is valid until *any* layer field is
-# assigned or any TrackedList is changed anywhere (both bump this counter): coarse, but it
-# cannot go stale. Trees holding plain lists (which cannot be watched) are never cached.
-_epoch = 0
-
-
-def _bump() -> None:
-    global _epoch
-    _epoch += 1
-
-
-def _tracking_setattr(original: Any) -> Any:
-    def __setattr__(self: Any, name: str, value: Any) -> None:  # noqa: N807
-        _bump()
-        original(self, name, value)
-
-    __setattr__.__ms_tracking__ = True
-    return __setattr__
-
-
-def _mutator(name: str) -> Any:
-    method = getattr(list, name)
-
-    def changed(self: TrackedList, *args: Any, **kwargs: Any) -> Any:
-        _bump()
-        return method(self, *args, **kwargs)
-
-    changed.__name__ = name
-    return changed
-
-
-class TrackedList(list):
-    """A list whose changes invalidate cached tree walks (layers hold their children in one,
-    e.g. ``Chain.layers``); otherwise an ordinary list."""
-
-
-for _method in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend",
-                "insert", "pop", "remove", "clear", "sort", "reverse"):
-    setattr(TrackedList, _method, _mutator(_method))
-
 
 def register_layer(cls: type, name: str | None = None) -> type:
     """Record ``cls`` under ``name`` (default: its class name) so `ms.load` can rebuild it."""
@@ -77,13 +35,20 @@ def register_layer(cls: type, name: str | None = None) -> type:
             f"layer name {key!r} is already registered for "
             f"{known.__module__}.{known.__qualname__}; "
             f"pass @ms.layer(name=...) to register {cls.__qualname__} under another name")
-    if not getattr(cls.__setattr__, "__ms_tracking__", False):
-        cls.__setattr__ = _tracking_setattr(cls.__setattr__)
+    if not cls.__weakrefoffset__:
+        raise ArgumentTypeError(
+            f"layer class {cls.__qualname__} does not support weak references (a __slots__ "
+            "without '__weakref__', or attrs weakref_slot=False); modelsync keeps its caches "
+            "and marks of a model only weakly, so a layer must allow them")
+    if not getattr(cls.__setattr__, "__ms_tracking__", False):  # (see watch.py)
+        cls.__setattr__ = tracking_setattr(cls.__setattr__)
+    _refuse_copies_when_moved(cls)
     if known is not None:
         _LAYER_TYPES.discard(known)
     _REGISTRY[key] = cls
     _LAYER_TYPES.add(cls)
-    _bump()  # a tree walked before may hold instances of this class as configuration
+    for cached in _walks.values():  # a tree walked before may hold instances of this class
+        cached.invalidate()         # as configuration: it now walks into them
     _FIELD_NAMES.pop(cls, None)
     cls.__ms_layer_name__ = key
     return cls
@@ -128,7 +93,7 @@ def require_model(model: Any, argument: str = "model") -> None:
             f"{argument} is a {type(model).__name__}; expected a model: a tree of layers "
             "registered with @ms.layer")
     check_not_moved(model)
-    moved = _walk_entry(model)[2]
+    moved = cache_of(model).moved
     if moved is not None:
         path, where = moved
         raise MovedError(
@@ -138,8 +103,34 @@ def require_model(model: Any, argument: str = "model") -> None:
 
 
 # -- traversal ----------------------------------------------------------------------------
-_CACHE_SIZE = 256
-_walks: dict[int, tuple[int, Any, list[tuple[str, Any]], list[tuple[str, Param]]]] = {}
+# Each model's walk (and what is derived from it: its graph id, its sync plans) is cached in
+# `_walks`, keyed weakly by the model, and subscribed (watch.py) to every layer and
+# TrackedList it passed through: a change to one of them invalidates exactly the walks that
+# hold it. Trees holding what can change unseen (a plain list) are walked afresh each time.
+class Walked:
+    """One model's walk, cached with what is derived from it: every (path, node) below the
+    model, its (path, Param) pairs, the first layer in it that was moved away (path, where),
+    its graph id once asked for, and ``derived`` (convert.py keeps its sync plans there).
+    ``valid`` while no node it passed through has changed (see watch.py)."""
+
+    __slots__ = ("found", "with_params", "moved", "valid", "graph_id", "derived", "__weakref__")
+
+    def __init__(self, found: list[tuple[str, Any]], with_params: list[tuple[str, Param]],
+                 moved: tuple[str, str] | None) -> None:
+        self.found = found
+        self.with_params = with_params
+        self.moved = moved
+        self.valid = False  # until it is cached
+        self.graph_id: str | None = None
+        self.derived: dict[str, Any] = {}
+
+    def invalidate(self) -> None:
+        self.valid = False
+        self.derived = {}  # (let go of what it derived: plans hold other models' Params)
+
+
+#: model -> its cached Walked (held weakly by the model: it goes when the model does)
+_walks: IdentityMap[Walked] = IdentityMap()
 
 
 def walk(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -147,93 +138,70 @@ def walk(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
     (The list may be shared with a cache: do not change it.)"""
     if prefix:
         found: list[tuple[str, Any]] = []
-        _walk_layer(model, prefix, found, [True])
+        _walk_layer(model, prefix, found, [], [True])
         return found
-    return _cached_walk(model)[0]
+    return cache_of(model).found
 
 
 def param_paths(model: Any) -> list[tuple[str, Param]]:
     """Every (path, Param) pair, a tied Param once per place it is used (do not change it)."""
-    return _cached_walk(model)[1]
+    return cache_of(model).with_params
 
 
-def _cached_walk(model: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Param]]]:
-    found, with_params, _ = _walk_entry(model)
-    return found, with_params
-
-
-Walk = tuple[list[tuple[str, Any]], list[tuple[str, Param]], "tuple[str, str] | None"]
-
-
-def _walk_entry(model: Any) -> Walk:
-    """The walk of ``model``: its nodes, its Params, and the first layer in it that was moved
-    away (path, where), if any; from the cache while the structure epoch holds."""
-    entry = _walks.get(id(model))
-    if entry is not None and entry[0] == _epoch and entry[1]() is model:
-        return entry[2]
+def cache_of(model: Any) -> Walked:
+    """``model``'s current walk: the cached one while its tree is unchanged, else a new walk
+    (cached, and ``valid``, unless the tree holds something that can change unseen)."""
+    cached = _walks.get(model)
+    if cached is not None and cached.valid:
+        return cached
     found: list[tuple[str, Any]] = []
+    tracked: list[Any] = [model]  # the nodes whose changes must invalidate this walk
     watchable = [True]
-    _walk_layer(model, "", found, watchable)
-    with_params = [(path, node) for path, node in found if type(node) is Param]
+    _walk_layer(model, "", found, tracked, watchable)
+    with_params = []
+    for item in found:
+        if type(item[1]) is Param:
+            with_params.append(item)
+        else:
+            tracked.append(item[1])
     moved = None
-    if _moved:
+    if len(_moved):
         for path, node in found:
-            mark = _moved.get(id(node))
-            if mark is not None and mark[0]() is node:
-                moved = (path, mark[1])
+            where = _moved.get(node)
+            if where is not None:
+                moved = (path, where)
                 break
-    walked: Walk = (found, with_params, moved)
-    if watchable[0]:
-        key = id(model)
-        try:  # the entry goes when the model does (it holds the model's nodes, not the model)
-            ref = weakref.ref(model, lambda dead, key=key: _evict(key, dead))
-        except TypeError:
-            return walked
-        if len(_walks) >= _CACHE_SIZE:
-            _walks.pop(next(iter(_walks)))
-        _walks[id(model)] = (_epoch, ref, walked)
-    return walked
+    cached = Walked(found, with_params, moved)
+    if watchable[0] and subscribe(tracked, cached) and _walks.set(model, cached):
+        cached.valid = True
+    return cached
 
 
-def structure_epoch(*models: Any) -> int | None:
-    """The structure epoch if every model's walk is cached (so a plan made from them stays
-    valid while the epoch does), else None."""
-    for model in models:
-        entry = _walks.get(id(model))
-        if entry is None or entry[0] != _epoch or entry[1]() is not model:
-            return None
-    return _epoch
-
-
-def _evict(key: int, dead: Any) -> None:
-    entry = _walks.get(key)
-    if entry is not None and entry[1] is dead:
-        del _walks[key]
-
-
-def _walk_layer(node: Any, prefix: str, found: list[tuple[str, Any]], watchable: list[bool]
-                ) -> None:
+def _walk_layer(node: Any, prefix: str, found: list[tuple[str, Any]], tracked: list[Any],
+                watchable: list[bool]) -> None:
     for name in field_names(type(node)):
-        _walk_value(getattr(node, name), prefix + name, found, watchable)
+        _walk_value(getattr(node, name), prefix + name, found, tracked, watchable)
 
 
-def _walk_value(value: Any, path: str, found: list[tuple[str, Any]], watchable: list[bool]
-                ) -> None:
+def _walk_value(value: Any, path: str, found: list[tuple[str, Any]], tracked: list[Any],
+                watchable: list[bool]) -> None:
     kind = type(value)
     if kind is Param:
         found.append((path, value))
     elif kind in _LAYER_TYPES:
         found.append((path, value))
-        _walk_layer(value, path + ".", found, watchable)
+        _walk_layer(value, path + ".", found, tracked, watchable)
     elif kind in _PLAIN:
         pass
     else:
-        if kind is not tuple and kind is not TrackedList and (
-                isinstance(value, (list, dict, set, bytearray)) or hasattr(value, "__dict__")):
+        if kind is TrackedList:
+            tracked.append(value)
+        elif kind is not tuple and (isinstance(value, (list, dict, set, bytearray))
+                                    or hasattr(value, "__dict__") or is_array(value)):
             watchable[0] = False  # it can change in place unseen: do not cache this tree
         if isinstance(value, (list, tuple)) and value and is_container(value):
             for i, item in enumerate(value):
-                _walk_value(item, f"{path}.{i}", found, watchable)
+                _walk_value(item, f"{path}.{i}", found, tracked, watchable)
         elif isinstance(value, dict) and any(
                 isinstance(v, Param) or is_layer(v) or is_container(v) for v in value.values()):
             raise ArgumentTypeError(
@@ -310,9 +278,16 @@ def graph_id(model: Any) -> str:
     model built separately with the same architecture does not.
     """
     require_model(model)
+    cached = cache_of(model)
+    if cached.graph_id is None:
+        cached.graph_id = _graph_id(model, cached.found)
+    return cached.graph_id
+
+
+def _graph_id(model: Any, found: list[tuple[str, Any]]) -> str:
     digest = hashlib.sha256()
     first: dict[int, str] = {}
-    for path, node in walk(model):
+    for path, node in found:
         if isinstance(node, Param):
             tied_to = first.setdefault(id(node), path)
             digest.update(f"P|{path}|{node.origin}|{tied_to}\n".encode())
@@ -370,26 +345,41 @@ def construct(cls: type, fields: dict[str, Any]) -> Any:
 
 
 # -- moved models ---------------------------------------------------------------------------
-_moved: dict[int, tuple[Any, str]] = {}
+#: layer -> where its Params went (held weakly: the mark goes with the layer)
+_moved: IdentityMap[str] = IdentityMap()
 
 
 def mark_moved(model: Any, where: str) -> None:
     """Make every layer of ``model`` refuse use from now on: its Params went to ``where``."""
     nodes = [model] + [node for _, node in walk(model) if is_layer(node)]
     for node in nodes:
-        key = id(node)
-        try:
-            ref: Any = weakref.ref(node, lambda _r, key=key: _moved.pop(key, None))
-        except TypeError:  # a layer class without weakref support: keep it alive instead
-            ref = lambda node=node: node  # noqa: E731
-        _moved[key] = (ref, where)
-    _bump()  # walks that hold these layers must now say so
+        _moved.set(node, where)  # (registered layers take weak references)
+    for node in nodes:
+        changed(node)  # the walks that hold these layers must now say so
 
 
 def check_not_moved(model: Any) -> None:
     """MovedError if ``model`` gave its Params away with to_device(mode="move")."""
-    entry = _moved.get(id(model))
-    if entry is not None and entry[0]() is model:
+    where = _moved.get(model)
+    if where is not None:
         raise MovedError(
-            f"this {layer_name(model)} was moved to {entry[1]} by to_device(mode=\"move\") and "
+            f"this {layer_name(model)} was moved to {where} by to_device(mode=\"move\") and "
             "no longer owns its Params; use the model that to_device returned")
+
+
+def _refuse_copies_when_moved(cls: type) -> None:
+    """Make ``copy.copy``, ``copy.deepcopy`` and pickling of a moved layer raise MovedError
+    (its Params belong to the model that to_device returned); a model holding one raises
+    when the copy reaches it."""
+    for name in ("__reduce_ex__", "__deepcopy__", "__copy__"):
+        original = getattr(cls, name, None)
+        if original is None or getattr(original, "__ms_refuses_moved__", False):
+            continue
+
+        def guarded(self: Any, *args: Any, _original: Any = original) -> Any:
+            check_not_moved(self)
+            return _original(self, *args)
+
+        guarded.__name__ = name
+        guarded.__ms_refuses_moved__ = True
+        setattr(cls, name, guarded)

@@ -106,7 +106,7 @@ def test_move_keeps_param_identity_and_invalidates_the_original(src, dst):
 
 def test_move_releases_the_old_storage():
     original = build()
-    old = weakref.ref(ms.params(original)[0]._data)
+    old = weakref.ref(ms.params(original)[0].storage())
     moved = ms.to_device(original, "sim:1", mode="move")
     gc.collect()
     assert old() is None
@@ -488,7 +488,7 @@ def test_a_wrapper_collected_inside_a_guard_still_hands_back_and_releases():
     with ms.transfer_guard("disallow"):
         del wrapper
         gc.collect()
-    assert all(p._link is None for p in ms.params(original))
+    assert all(p.link is None for p in ms.params(original))
     assert_same(values(original), trained)
 
 
@@ -553,7 +553,7 @@ def test_a_deep_copied_converted_model_is_independent_and_syncs():
 
     model = ms.to_host(build())  # flat
     target = copy.deepcopy(model)
-    assert all(p._store is None for p in ms.params(target))
+    assert all(p.flat_store is None for p in ms.params(target))
     zeros = ms.to_host(model)
     for p in ms.params(zeros):
         p.assign(np.zeros(p.shape, dtype=p.dtype))
@@ -581,7 +581,7 @@ def test_a_conversion_that_fails_to_rebuild_changes_nothing(mode):
                                         ms.Param(np.ones(2, "float32"))))
     with pytest.raises(TypeError):
         ms.to_device(model, "sim:1", mode=mode)
-    assert all(p.device == ms.device("host") and p._link is None for p in ms.params(model))
+    assert all(p.device == ms.device("host") and p.link is None for p in ms.params(model))
 
 
 @ms.layer
@@ -628,3 +628,26 @@ def test_to_host_copies_a_plain_array():
     with ms.track_transfers() as t:
         back = ms.to_host(x)
     assert isinstance(back, np.ndarray) and t.d2h_bytes == 24 and t.events[0].what == "data"
+
+
+# -- a moved model cannot be copied into a working one (issue 12) -----------------------------
+@pytest.mark.parametrize("how", ["deepcopy", "copy", "pickle"])
+def test_a_moved_model_cannot_be_copied_or_pickled(how):
+    import copy
+    import pickle
+
+    original = build()
+    moved = ms.to_device(original, "sim:1", mode="move")
+    holder = layers.Chain(original.layers[0])  # a model holding a moved layer
+    copier = {"deepcopy": copy.deepcopy, "copy": copy.copy, "pickle": pickle.dumps}[how]
+    for model in (original, holder):
+        if how == "copy" and model is holder:  # a shallow copy holds the same moved layer
+            with pytest.raises(ms.MovedError, match="moved to sim:1"):
+                ms.params(copier(model))
+            continue
+        with pytest.raises(ms.MovedError, match="moved to sim:1"):
+            copier(model)
+    again = copier(moved)  # the model to_device returned copies as ever
+    if how == "pickle":
+        again = pickle.loads(again)
+    assert_same(values(again), values(moved))

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import modelsync as ms
+from modelsync import layers
 from modelsync.devices import HOST, device_of, dtype_name
 from modelsync.transfers import copy_to
 
@@ -266,8 +267,32 @@ def test_a_pickled_param_keeps_values_and_origin_but_no_link() -> None:
     model = ms.layers.Dense(2, 2, seed=0)
     wrapper = ms.to_device(model, "sim:1", mode="wrap")
     again = pickle.loads(pickle.dumps(model))
-    assert again.weight.origin == model.weight.origin and again.weight._link is None
+    assert again.weight.origin == model.weight.origin and again.weight.link is None
     np.testing.assert_array_equal(again.weight.value, model.weight.value)
     again.weight.assign(np.zeros((2, 2), np.float32))  # writable, not read-only
     ms.to_device(again, "sim:2", mode="wrap")  # not stuck as "wrapped"
     ms.detach(wrapper)
+
+
+# -- the library's door (what coherence, flat storage and io use) ------------------------------
+def test_rehome_moves_the_storage_and_breaks_the_old_flat_store() -> None:
+    model = ms.to_host(layers.Chain(layers.Dense(2, 3, seed=0), layers.Dense(3, 2, seed=1)))
+    first, *rest = ms.params(model)
+    old = first.flat_store
+    assert old is not None and not old.broken and old.members == [first, *rest]
+    moved = ms.to_device(first.value, "sim:1")
+    first.rehome(moved)
+    assert first.storage() is moved and first.device == ms.device("sim:1")
+    assert first.flat_store is None and old.broken and first.grad is None
+
+
+def test_storage_reads_without_the_wrap_mode_pull() -> None:
+    original = layers.Dense(2, 2, seed=0)
+    wrapper = ms.to_device(original, "sim:1", mode="wrap")
+    wrapper.weight.assign(np.full((2, 2), 7.0, dtype="float32"))  # the original is now stale
+    p = original.weight
+    assert p.link is not None and p.link is wrapper.weight.link
+    assert not np.all(p.storage() == 7.0)  # as it is: nothing pulled
+    assert np.all(p.value == 7.0)  # .value pulls
+    ms.detach(wrapper)
+    assert p.link is None and wrapper.weight.link is None

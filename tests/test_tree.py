@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import modelsync as ms
-from modelsync import layers, tree
+from modelsync import convert, layers, tree
 from modelsync.params import Param
 
 
@@ -289,12 +289,15 @@ def test_moving_one_model_leaves_others_alone() -> None:
 
 def test_moved_marks_are_dropped_with_the_model() -> None:
     model = _mlp()
-    key = id(model)
+    before = len(tree._moved)
     tree.mark_moved(model, "sim:1")
-    assert key in tree._moved
-    del model
-    gc.collect()
-    assert key not in tree._moved
+    assert model in tree._moved and len(tree._moved) > before
+    gc.disable()  # (reference counting alone must drop them)
+    try:
+        del model
+        assert len(tree._moved) == before
+    finally:
+        gc.enable()
 
 
 # -- regressions ------------------------------------------------------------------------------
@@ -369,10 +372,42 @@ def test_a_tree_with_a_plain_list_is_walked_afresh_every_time():
 def test_a_changed_tree_is_checked_again_by_sync():
     a = _chain()
     b = ms.to_device(a, "sim:1")
-    ms.sync(b, a)
+    ms.sync(b, a, check="structure")  # the plan is cached
     b.layers[1] = layers.Dense(4, 3)
     with pytest.raises(ms.GraphMismatchError, match="layers.1.weight"):
-        ms.sync(b, a, check="structure")
+        ms.sync(b, a, check="structure")  # the same check: only a new plan can catch it
+
+
+def test_editing_one_model_leaves_another_models_caches_alone():
+    a, b = _chain(), _chain()
+    twin = ms.to_device(b, "sim:1")
+    ms.sync(twin, b, check="structure")
+    b_walk, b_id = tree.cache_of(b), ms.graph_id(b)
+    plan = convert._sync_plan(twin, b, "structure")
+    a.layers.append(layers.Dense(2, 2))  # a TrackedList edit
+    a.layers[0].bias = None  # a field assignment
+    layers.Dense(5, 5)  # building a model
+    assert tree.cache_of(b) is b_walk and b_walk.valid
+    assert b_walk.graph_id == b_id
+    assert convert._sync_plan(twin, b, "structure") is plan
+    assert not tree.cache_of(a).graph_id  # (a was edited: its id is asked for afresh)
+
+
+def test_a_shared_layer_changed_invalidates_every_model_that_holds_it():
+    shared = layers.Dense(3, 3, seed=0)
+    one, two = layers.Chain(shared), layers.Chain(shared, layers.Dense(3, 3))
+    walks = tree.cache_of(one), tree.cache_of(two)
+    shared.bias = None
+    assert not any(w.valid for w in walks)
+    assert len(ms.params(one)) == 1 and len(ms.params(two)) == 3
+
+
+def test_the_graph_id_is_cached_with_the_walk_and_goes_with_it():
+    model = _chain()
+    first = ms.graph_id(model)
+    assert tree.cache_of(model).graph_id == first
+    model.layers[1] = layers.Dense(4, 2, seed=1)
+    assert ms.graph_id(model) != first  # new Params, new origins
 
 
 def test_the_cache_does_not_keep_a_dropped_model_alive():
@@ -380,11 +415,16 @@ def test_the_cache_does_not_keep_a_dropped_model_alive():
     import weakref
 
     model = _chain()
-    tree.walk(model)
+    other = ms.to_device(model, "sim:1")
+    ms.sync(other, model)  # a plan in other's cache that holds model's Params
+    ms.graph_id(model)
     watched = weakref.ref(model.layers[0].weight)
-    del model
-    gc.collect()
-    assert watched() is None
+    gc.disable()  # reference counting alone must free it
+    try:
+        del model
+        assert watched() is None
+    finally:
+        gc.enable()
 
 
 @ms.layer
@@ -412,3 +452,26 @@ def test_registering_a_class_late_is_seen_by_earlier_walks():
     assert ms.params(net) == []
     ms.layer(TreeTestLateHead)
     assert len(ms.params(net)) == 1
+
+
+def test_a_layer_class_without_weak_references_is_refused():
+    @attrs.define(eq=False, weakref_slot=False)
+    class TreeTestNoWeakRef:
+        w: Param
+
+    with pytest.raises(TypeError, match="TreeTestNoWeakRef does not support weak references"):
+        ms.layer(TreeTestNoWeakRef)
+    assert tree.registered_layer("TreeTestNoWeakRef") is None
+
+
+@ms.layer
+class TreeTestArrayConfig:
+    scale: object
+    w: Param
+
+
+def test_an_array_in_the_configuration_is_read_afresh_by_graph_id():
+    model = TreeTestArrayConfig(np.ones(2), Param(np.ones(2)))
+    first = ms.graph_id(model)
+    model.scale[0] = 5.0  # changed in place: no event, so nothing about it may be cached
+    assert ms.graph_id(model) != first

@@ -101,7 +101,7 @@ def load(path: Any, device: Device | str = "host") -> Any:
         params = list(named_params(model).values())
         staged = [copy_to(p.value, target, reason="load", what="param") for p in params]
         for param, array in zip(params, staged, strict=True):
-            param._rehome(array)
+            param.rehome(array)
     return model
 
 
