@@ -31,7 +31,7 @@ __all__ = [
     "DeviceMismatchError", "GraphMismatchError", "LoadError", "ModelSyncError", "MovedError",
     "Param", "SaveError", "TransferError", "TransferLedger", "available_devices", "backprop",
     "detach", "device", "distributed", "graph_id", "layer", "layers", "load", "load_into",
-    "load_optimizer", "losses", "named_params", "optim", "params", "read_metadata", "save", "sync", "to_device",
-    "to_host",
+    "load_optimizer", "losses", "named_params", "optim", "params", "read_metadata", "save",
+    "sync", "to_device", "to_host",
     "track_transfers", "train", "transfer_guard",
 ]
