@@ -56,6 +56,8 @@ def agree(comm: Comm, op: str, digest: bytes, *, describe: Callable[[], Descript
         verdict = _report(comm, op, record)
     differ, mask = VERDICT.unpack(verdict)
     if not differ:
+        if error is not None:  # every rank failed alike: each raises its own
+            raise error
         return mask
     mine = _describe(describe, op, comm.seq, error)
     everyone = comm.mpi.allgather(mine)  # every rank is here: the coordinator heard them all
