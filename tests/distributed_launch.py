@@ -48,8 +48,16 @@ def run_mpi(n: int, args: list[str], *, timeout: float, out: Path | None = None,
     assert MPIEXEC.exists(), (
         f"{MPIEXEC} is missing: install the test extra (pip install -e '.[test]'), which "
         "brings the mpich wheel and its mpiexec")
+    return run_command([str(MPIEXEC), "-n", str(n), sys.executable, *args], timeout=timeout,
+                       ranks=n, out=out, env=env)
+
+
+def run_command(command: list[str], *, timeout: float, ranks: int = 0,
+                out: Path | None = None, env: dict[str, str] | None = None) -> Job:
+    """Run ``command`` in its own process group (killed whole past ``timeout``), then remove
+    the MPICH files it left in /dev/shm."""
+    n = ranks
     before = _shm_files()
-    command = [str(MPIEXEC), "-n", str(n), sys.executable, *args]
     full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     start = time.monotonic()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
