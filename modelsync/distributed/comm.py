@@ -25,10 +25,8 @@ from ..checks import as_float
 from ..errors import ArgumentError, ArgumentTypeError
 
 DEFAULT_TIMEOUT = 600.0
-#: Spin (call Test back to back) this long before yielding the CPU between polls: MPICH
-#: progresses a non-blocking request only inside MPI calls, so a transfer wants spinning,
-#: while a rank waiting for a late peer should leave the core to others.
-SPIN_SECONDS = 0.002
+#: How long a wait spins before it starts sleeping between polls (see `Comm.wait`).
+SPIN_SECONDS = 0.1
 _hook_installed = False
 
 
@@ -62,19 +60,30 @@ class Comm:
     def wait(self, requests: Sequence[Any], what: str, *, deadline: float,
              missing: Callable[[list[int]], str]) -> None:
         """Poll ``requests`` until all complete; past ``deadline`` end the job, with
-        ``missing(indices of the requests still pending)`` saying who did not arrive."""
-        mpi_request = _mpi().Request
+        ``missing(indices of the requests still pending)`` saying who did not arrive.
+
+        MPICH moves a non-blocking transfer along only inside MPI calls, so the wait spins
+        (yielding the core now and then, as MPICH's own blocking calls do) for `SPIN_SECONDS`;
+        a rank still waiting after that is waiting for a late peer, and polls at most every
+        millisecond instead of holding a core."""
+        test_all = _mpi().Request.Testall
         pending = list(requests)
+        polls = 0
         start = time.monotonic()
         pause = 0.0
-        while not mpi_request.Testall(pending):
+        while not test_all(pending):
+            polls += 1
+            if polls % 256:
+                continue
             now = time.monotonic()
             if now > deadline:
                 left = [i for i, r in enumerate(pending) if not r.Test()]
                 if left:
                     fail_stuck(self, f"{what}: {missing(left)}")
                 return
-            if now - start > SPIN_SECONDS:
+            if now - start < SPIN_SECONDS:
+                os.sched_yield()
+            else:
                 pause = min(0.001, pause + 0.00005)
                 time.sleep(pause)
 
