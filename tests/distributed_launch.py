@@ -42,18 +42,19 @@ def _shm_files() -> set[str]:
 
 
 def run_mpi(n: int, args: list[str], *, timeout: float, out: Path | None = None,
-            env: dict[str, str] | None = None) -> Job:
+            env: dict[str, str] | None = None, cwd: Path | None = None) -> Job:
     """``mpiexec -n N python ARGS...``; each rank's results are read from ``out/rank<r>.json``
     when ``out`` is given. Raises AssertionError (after killing the job) past ``timeout``."""
     assert MPIEXEC.exists(), (
         f"{MPIEXEC} is missing: install the test extra (pip install -e '.[test]'), which "
         "brings the mpich wheel and its mpiexec")
     return run_command([str(MPIEXEC), "-n", str(n), sys.executable, *args], timeout=timeout,
-                       ranks=n, out=out, env=env)
+                       ranks=n, out=out, env=env, cwd=cwd)
 
 
 def run_command(command: list[str], *, timeout: float, ranks: int = 0,
-                out: Path | None = None, env: dict[str, str] | None = None) -> Job:
+                out: Path | None = None, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> Job:
     """Run ``command`` in its own process group (killed whole past ``timeout``), then remove
     the MPICH files it left in /dev/shm."""
     n = ranks
@@ -61,7 +62,7 @@ def run_command(command: list[str], *, timeout: float, ranks: int = 0,
     full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     start = time.monotonic()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env=full_env)
+                            start_new_session=True, env=full_env, cwd=cwd)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

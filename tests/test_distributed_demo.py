@@ -69,3 +69,15 @@ def test_launch_helpers():
     assert without_ranks(["--mode", "copy", "--ranks", "2", "--ranks=3", "-x"]) == [
         "--mode", "copy", "-x"]
     assert Path(find_mpiexec()).parent == Path(sys.executable).parent
+
+
+def test_the_distributed_guide_runs_on_two_ranks(tmp_path):
+    from distributed_launch import run_mpi
+    from test_docs import python_blocks
+
+    ((_, code),) = python_blocks("docs/distributed.md")
+    script = tmp_path / "guide.py"
+    script.write_text(code)
+    done = run_mpi(2, [str(script)], timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "model.safetensors").exists()

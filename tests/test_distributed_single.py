@@ -266,3 +266,15 @@ def test_collectives_are_recorded_and_guarded(capsys):
 def test_nccl_is_only_a_candidate_for_gpus(comm):
     assert not nccl.candidate(comm, ms.device("host"))
     assert not nccl.candidate(comm, ms.device("sim:1"))
+
+
+# -- docs/distributed.md runs ---------------------------------------------------------------------
+def test_the_distributed_guide_runs_in_a_world_of_one(tmp_path, monkeypatch):
+    from test_docs import python_blocks
+
+    blocks = python_blocks("docs/distributed.md")
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    for line, code in blocks:
+        exec(compile(code, f"docs/distributed.md:{line}", "exec"), {"__name__": "__main__"})
+    assert (tmp_path / "model.safetensors").exists()
