@@ -11,9 +11,10 @@ mismatch raises on every rank and changes nothing; a collective that cannot comp
 from .comm import Comm, init
 from .data_parallel import DataParallel
 from .errors import CollectiveError
+from .ops import barrier
 from .replicas import broadcast, sync
 from .replicate import replicate
 from .save import save
 
-__all__ = ["CollectiveError", "Comm", "DataParallel", "broadcast", "init", "replicate", "save",
-           "sync"]
+__all__ = ["CollectiveError", "Comm", "DataParallel", "barrier", "broadcast", "init", "replicate",
+           "save", "sync"]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import ArgumentError, GraphMismatchError
-from .comm import Comm, _mpi
+from .comm import Comm, mpi_module
 from .errors import CollectiveError
 
 RECORD = struct.Struct("<QQ32sBB")  # seq, operation, digest, failed locally, GPU groups
@@ -69,7 +69,7 @@ def agree(comm: Comm, op: str, digest: bytes, *, describe: Callable[[], Descript
 def _coordinate(comm: Comm, op: str, record: bytes) -> bytes:
     """Rank 0: hear every rank's record (naming the ranks that never come), answer each."""
     mpi = comm.mpi
-    byte = _mpi().BYTE
+    byte = mpi_module().BYTE
     size = len(record)
     buffers = [bytearray(size) for _ in range(comm.size - 1)]
     requests = [mpi.Irecv([buf, byte], source=r, tag=TAG_RECORD)
@@ -93,7 +93,7 @@ def _report(comm: Comm, op: str, record: bytes) -> bytes:
     """Any other rank: send the record to rank 0 and wait for its verdict. The wait is a
     little longer than rank 0's, so that where rank 0 is there it is the one that reports."""
     mpi = comm.mpi
-    byte = _mpi().BYTE
+    byte = mpi_module().BYTE
     verdict = bytearray(VERDICT.size)
     requests = [mpi.Isend([record, byte], dest=COORDINATOR, tag=TAG_RECORD),
                 mpi.Irecv([verdict, byte], source=COORDINATOR, tag=TAG_VERDICT)]

@@ -49,13 +49,6 @@ class Comm:
     def __repr__(self) -> str:
         return f"Comm(rank={self.rank}, size={self.size}, timeout={self.timeout:g})"
 
-    def barrier(self) -> None:
-        """Return once every rank has called ``barrier`` (the same agreement as every
-        collective, so a rank that never comes ends the job naming it after ``timeout``)."""
-        from .agree import agree
-
-        agree(self, "barrier", b"", describe=dict)
-
     # -- waiting -------------------------------------------------------------------------
     def wait(self, requests: Sequence[Any], what: str, *, deadline: float,
              missing: Callable[[list[int]], str]) -> None:
@@ -66,7 +59,7 @@ class Comm:
         (yielding the core now and then, as MPICH's own blocking calls do) for `SPIN_SECONDS`;
         a rank still waiting after that is waiting for a late peer, and polls at most every
         millisecond instead of holding a core."""
-        test_all = _mpi().Request.Testall
+        test_all = mpi_module().Request.Testall
         pending = list(requests)
         polls = 0
         start = time.monotonic()
@@ -96,7 +89,7 @@ def fail_stuck(comm: Comm, message: str) -> None:
     sys.stderr.write(f"modelsync.distributed: rank {comm.rank} of {comm.size}: {message}; "
                      "ending the job (MPI Abort)\n")
     sys.stderr.flush()
-    _mpi().COMM_WORLD.Abort(1)
+    mpi_module().COMM_WORLD.Abort(1)
     os._exit(1)  # pragma: no cover (Abort does not return)
 
 
@@ -117,19 +110,19 @@ def init(comm: Any = None, *, timeout: float = DEFAULT_TIMEOUT,
         raise ArgumentTypeError(
             f"abort_on_error={abort_on_error!r} is a {type(abort_on_error).__name__}; "
             "expected a bool")
-    mpi_module = _mpi(required=comm is not None)
-    if mpi_module is None:  # no mpi4py: a world of one on its own
+    MPI = mpi_module(required=comm is not None)
+    if MPI is None:  # no mpi4py: a world of one on its own
         return Comm(None, timeout=seconds)
     if comm is None:
-        comm = mpi_module.COMM_WORLD
-    elif not isinstance(comm, mpi_module.Comm) or comm == mpi_module.COMM_NULL:
+        comm = MPI.COMM_WORLD
+    elif not isinstance(comm, MPI.Comm) or comm == MPI.COMM_NULL:
         raise ArgumentTypeError(
             f"comm is a {type(comm).__name__}; expected an mpi4py communicator such as "
             "MPI.COMM_WORLD (or None for it)")
     if not comm.Is_intra():
         raise ArgumentError("comm is an inter-communicator; expected an intra-communicator")
     mine = comm.Dup()
-    local = mine.Split_type(mpi_module.COMM_TYPE_SHARED)
+    local = mine.Split_type(MPI.COMM_TYPE_SHARED)
     local_rank = local.Get_rank()
     local.Free()
     made = Comm(mine, timeout=seconds, rank=mine.Get_rank(), size=mine.Get_size(),
@@ -150,7 +143,7 @@ def _install_abort_hook() -> None:
         try:
             previous(kind, exc, tb)
         finally:
-            world = _mpi().COMM_WORLD
+            world = mpi_module().COMM_WORLD
             sys.stderr.write(
                 f"modelsync.distributed: rank {world.Get_rank()} of {world.Get_size()} raised "
                 f"{kind.__name__} and did not catch it; ending the job (MPI Abort) so that no "
@@ -162,7 +155,7 @@ def _install_abort_hook() -> None:
     _hook_installed = True
 
 
-def _mpi(required: bool = True) -> Any:
+def mpi_module(required: bool = True) -> Any:
     """mpi4py's MPI module, or None (when not ``required``) if mpi4py is not installed."""
     try:
         from mpi4py import MPI

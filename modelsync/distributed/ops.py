@@ -62,6 +62,12 @@ def gpu_bits(comm: Comm, devices: list[Any]) -> int:
     return bits
 
 
+def barrier(comm: Comm) -> None:
+    """Return once every rank has called ``barrier``: the agreement every collective starts
+    with, so a rank that never comes ends the job, named, after ``comm.timeout``."""
+    agree(require_comm(comm), "barrier", bytes(32), describe=dict)
+
+
 def run_agreed(comm: Comm, op: str, prepare: Callable[[], tuple[bytes, int]],
                describe: Callable[[], Description]) -> int:
     """Run ``prepare`` (this rank's checks; returns its digest and GPU bits), then agree on

@@ -16,7 +16,7 @@ import numpy as np
 from ..devices import HOST, device_of, nbytes_of
 from ..transfers import copy_to, guard_collective, record_collective
 from . import nccl
-from .comm import Comm, _mpi
+from .comm import Comm, mpi_module
 
 
 def check_guard(comm: Comm, nbytes: int, *, reason: str, what: str, where: Any) -> None:
@@ -74,7 +74,7 @@ def broadcast_from(comm: Comm, buffer: Any, root: int, *, reason: str, what: str
 def _host_sum(comm: Comm, host: np.ndarray, label: str) -> None:
     """In-place MPI sum of a host buffer; float16 (which MPI cannot add) is summed in
     float32 and rounded once."""
-    mpi = _mpi()
+    mpi = mpi_module()
     work = host.astype(np.float32) if host.dtype == np.float16 else host
     request = comm.mpi.Iallreduce(mpi.IN_PLACE, work, op=mpi.SUM)
     comm.wait([request], label, deadline=comm.deadline(), missing=_after_agreement(comm))
@@ -84,7 +84,7 @@ def _host_sum(comm: Comm, host: np.ndarray, label: str) -> None:
 
 def _raw(host: np.ndarray) -> Any:
     """A host buffer as MPI bytes (a broadcast does no arithmetic, so any dtype will do)."""
-    return [host.view(np.uint8), _mpi().BYTE]
+    return [host.view(np.uint8), mpi_module().BYTE]
 
 
 def _after_agreement(comm: Comm) -> Any:
@@ -102,7 +102,7 @@ def _dst(comm: Comm) -> str:
 
 def broadcast_bytes(comm: Comm, data: bytes | None, root: int) -> bytes:
     """``root``'s ``data`` (others pass None) on every rank: its length, then its bytes."""
-    byte = _mpi().BYTE
+    byte = mpi_module().BYTE
     length = np.array([len(data) if comm.rank == root else 0], dtype=np.int64)
     label = f"{REASON_HEADER} from rank {root}"
     request = comm.mpi.Ibcast([length.view(np.uint8), byte], root=root)
