@@ -26,6 +26,7 @@ from ..params import Param
 from ..xp import concat_flat
 from . import transport
 from .comm import Comm
+from .layout import on_device
 from .ops import check_check, gpu_bits, require_comm, run_agreed
 
 REASON = "DataParallel.step"
@@ -117,10 +118,11 @@ class DataParallel:
             return
         scale = 1.0 / comm.size
         for i, group in enumerate(plan[0].groups):
-            packed = group.pack(scale)
-            total = transport.sum_over_ranks(comm, packed, reason=REASON, what="grad",
-                                             use_nccl=bool(shared >> i & 1))
-            group.unpack(total)
+            with on_device(group.device):
+                packed = group.pack(scale)
+                total = transport.sum_over_ranks(comm, packed, reason=REASON, what="grad",
+                                                 use_nccl=bool(shared >> i & 1))
+                group.unpack(total)
 
     def _describe(self, mask: bytes) -> dict[str, Any]:
         return {"args": {"check": self.check}, "params": self._rows, "graph": self._graph,

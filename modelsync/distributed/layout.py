@@ -9,6 +9,7 @@ A group that is an intact flat store (`modelsync.flat`) is moved as its own buff
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -102,6 +103,12 @@ class ValueGroup:
                 part = copy_to(part, p.device, reason=reason)
             p.writable(overwrite=True)[...] = part
             at += size
+
+
+def on_device(dev: Device | None) -> Any:
+    """The context that makes ``dev`` CuPy's current GPU (new arrays and kernels land on the
+    current one); nothing for other devices."""
+    return dev.native if dev is not None and dev.kind == "cuda" else contextlib.nullcontext()
 
 
 def value_groups(params: Sequence[Param]) -> list[ValueGroup]:

@@ -16,7 +16,14 @@ from ..transfers import copy_to
 from . import transport
 from .agree import digest_of
 from .comm import Comm
-from .layout import ValueGroup, describe_model, distinct_params, model_digest_parts, value_groups
+from .layout import (
+    ValueGroup,
+    describe_model,
+    distinct_params,
+    model_digest_parts,
+    on_device,
+    value_groups,
+)
 from .ops import check_check, check_root, check_tau, gpu_bits, require_comm, run_agreed
 
 
@@ -45,18 +52,23 @@ def broadcast(model: Any, comm: Comm, *, root: int = 0, check: str = "graph") ->
     if comm.size == 1:
         return model
     for i, group in enumerate(groups):
-        use_nccl = bool(shared >> i & 1)
-        if comm.rank == root:
-            transport.broadcast_from(comm, group.read(reason=reason), root, reason=reason,
-                                     what="param", use_nccl=use_nccl)
-            continue
-        receive = _receiver(group, use_nccl)
-        values = transport.broadcast_from(comm, receive, root, reason=reason, what="param",
-                                          use_nccl=use_nccl)
-        if device_of(values) != group.device:
-            values = copy_to(values, group.device, reason=reason)
-        group.write(values, reason=reason)
+        with on_device(group.device):
+            _broadcast_group(comm, group, root, bool(shared >> i & 1), reason)
     return model
+
+
+def _broadcast_group(comm: Comm, group: ValueGroup, root: int, use_nccl: bool, reason: str
+                     ) -> None:
+    if comm.rank == root:
+        transport.broadcast_from(comm, group.read(reason=reason), root, reason=reason,
+                                 what="param", use_nccl=use_nccl)
+        return
+    receive = _receiver(group, use_nccl)
+    values = transport.broadcast_from(comm, receive, root, reason=reason, what="param",
+                                      use_nccl=use_nccl)
+    if device_of(values) != group.device:
+        values = copy_to(values, group.device, reason=reason)
+    group.write(values, reason=reason)
 
 
 def sync(model: Any, comm: Comm, *, tau: float = 1.0, check: str = "graph") -> Any:
@@ -83,14 +95,15 @@ def sync(model: Any, comm: Comm, *, tau: float = 1.0, check: str = "graph") -> A
         return model
     soft = blend[0] != 1.0
     for i, group in enumerate(groups):
-        total = transport.sum_over_ranks(
-            comm, group.read(reason=reason, copy=soft), reason=reason, what="param",
-            use_nccl=bool(shared >> i & 1))
-        mean = _divide(total, comm.size)
-        if soft:
-            own = group.read(reason=reason)
-            mean = blend[0] * mean + (1.0 - blend[0]) * own
-        group.write(mean, reason=reason)
+        with on_device(group.device):
+            total = transport.sum_over_ranks(
+                comm, group.read(reason=reason, copy=soft), reason=reason, what="param",
+                use_nccl=bool(shared >> i & 1))
+            mean = _divide(total, comm.size)
+            if soft:
+                own = group.read(reason=reason)
+                mean = blend[0] * mean + (1.0 - blend[0]) * own
+            group.write(mean, reason=reason)
     return model
 
 

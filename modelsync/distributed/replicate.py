@@ -25,7 +25,7 @@ from ..tree import require_model
 from . import transport
 from .agree import digest_of
 from .comm import Comm
-from .layout import distinct_params, value_groups
+from .layout import distinct_params, on_device, value_groups
 from .ops import check_root, require_comm, run_agreed
 
 REASON = "distributed.replicate"
@@ -79,8 +79,9 @@ def _send(comm: Comm, model: Any, params: list[Param], home: Device, root: int) 
     header = pickle.dumps((skeleton.getvalue(), specs, home.kind, home.index), protocol=5)
     transport.broadcast_bytes(comm, header, root)
     for group in value_groups(params):
-        transport.broadcast_from(comm, group.read(reason=REASON), root, reason=REASON,
-                                 what="param", use_nccl=False)
+        with on_device(group.device):
+            transport.broadcast_from(comm, group.read(reason=REASON), root, reason=REASON,
+                                     what="param", use_nccl=False)
 
 
 def _receive(comm: Comm, root: int, target: Device | None) -> Any:
