@@ -162,6 +162,46 @@ def s_data_parallel(comm):
     return out
 
 
+def s_dtypes(comm):
+    """Two dtypes: two buffers, two collectives; float16 is summed in float32 by MPI."""
+    model = D.replicate(layers.Chain(layers.Dense(3, 4, dtype="float16", seed=0),
+                                     layers.Dense(4, 2, dtype="float64", seed=1))
+                        if comm.rank == 0 else None, comm)
+    for p in ms.params(model):
+        p.assign(np.full(p.shape, float(comm.rank + 1), dtype=str(p.dtype)))
+    with ms.track_transfers() as t:
+        D.sync(model, comm)
+    means = {str(p.dtype): sorted({float(v) for v in np.asarray(p.value).ravel()})
+             for p in ms.params(model)}
+    opt = D.DataParallel(optim.SGD(ms.params(model), lr=1.0), comm)
+    for p in ms.params(model):
+        p.grad = np.full(p.shape, float(comm.rank), dtype=str(p.dtype))
+    with ms.track_transfers() as t2:
+        opt.average_gradients()
+    grads = {str(p.dtype): sorted({float(v) for v in np.asarray(p.grad).ravel()})
+             for p in ms.params(model)}
+    return {"means": means, "grads": grads,
+            "collectives": [sum(e.kind == "collective" for e in x.events) for x in (t, t2)]}
+
+
+def s_wrap(comm):
+    """DataParallel training a wrapper on sim:1: the host original sees every update, and
+    the originals are bitwise equal on every rank."""
+    original = D.replicate(tied_model() if comm.rank == 0 else None, comm)
+    wrapper = ms.to_device(original, "sim:1", mode="wrap")
+    opt = D.DataParallel(optim.Adam(ms.params(wrapper), lr=1e-2), comm)
+    x, y = data(comm.rank, 8)
+    before = digest(original)
+    with ms.track_transfers() as t:
+        for _ in range(2):
+            opt.zero_grad()
+            ms.backprop(wrapper, losses.cross_entropy, ms.to_device(x, "sim:1"),
+                        ms.to_device(y, "sim:1"))
+            opt.step()
+    return {"changed": digest(original) != before, "digest": digest(original),
+            "param_bytes": t.bytes_of("param")}
+
+
 def s_mismatches(comm):
     """Every mismatch raises on every rank, and nothing changes on any."""
     last = comm.rank == comm.size - 1
@@ -288,8 +328,8 @@ def s_barrier(comm):
 
 
 GROUPS = {
-    "main": [s_replicate, s_broadcast, s_sync, s_data_parallel, s_mismatches, s_guard, s_save,
-             s_barrier],
+    "main": [s_replicate, s_broadcast, s_sync, s_dtypes, s_data_parallel, s_wrap, s_mismatches,
+             s_guard, s_save, s_barrier],
 }
 
 
@@ -300,10 +340,10 @@ def crash(comm):
     D.barrier(comm)
 
 
-def stuck(comm):
-    """The last rank never arrives at the sync the others wait in."""
+def stuck(comm, late: int):
+    """Rank ``late`` never arrives at the sync the others wait in."""
     model = D.replicate(tied_model() if comm.rank == 0 else None, comm)
-    if comm.rank == comm.size - 1:
+    if comm.rank == late:
         time.sleep(60)
     D.sync(model, comm)
 
@@ -315,8 +355,8 @@ def main(argv: list[str]) -> None:
     if group == "crash":
         crash(comm)
         return
-    if group == "stuck":
-        stuck(comm)
+    if group.startswith("stuck"):
+        stuck(comm, int(group[len("stuck"):]))
         return
     results = {"size": comm.size, "rank": comm.rank}
     for scenario in GROUPS[group]:

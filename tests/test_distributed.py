@@ -72,6 +72,24 @@ def test_sync_averages_and_soft_steps(job):
         assert r["wrapped_original"] == [10.0 * mean]  # a sync into a wrapper reaches its original
 
 
+def test_each_dtype_is_one_collective_and_float16_is_summed(job):
+    mean = sum(range(1, len(job) + 1)) / len(job)
+    grad = sum(range(len(job))) / len(job)
+    for r in each(job, "dtypes"):
+        assert r["collectives"] == [2, 2]
+        assert r["means"] == {"float16": [pytest.approx(mean, rel=1e-3)],
+                              "float64": [pytest.approx(mean, rel=1e-12)]}
+        assert r["grads"] == {"float16": [pytest.approx(grad, rel=1e-3)],
+                              "float64": [pytest.approx(grad, rel=1e-12)]}
+
+
+def test_data_parallel_trains_a_wrapper_and_its_original_follows(job):
+    seen = each(job, "wrap")
+    assert len({r["digest"] for r in seen}) == 1
+    for r in seen:
+        assert r["changed"] and r["param_bytes"] == 0
+
+
 @pytest.mark.parametrize("spec", ["host", "sim:1"])
 def test_data_parallel_equals_one_process_on_the_global_batch(job, spec):
     seen = [r[spec] for r in each(job, "data_parallel")]
@@ -171,9 +189,18 @@ def test_a_crashing_rank_ends_the_job(tmp_path):
 
 
 def test_a_rank_that_never_arrives_is_named_after_the_timeout(tmp_path):
-    done = run_mpi(3, [RANKS, "stuck", str(tmp_path), "2"], timeout=60)
+    done = run_mpi(3, [RANKS, "stuck2", str(tmp_path), "2"], timeout=60)
     assert done.returncode != 0
-    assert "sync (operation #2): ranks [2] did not arrive within 2 s" in done.stderr
+    assert "rank 0 of 3: sync (operation #2): ranks [2] did not arrive within 2 s (ranks " \
+           "[0, 1] are waiting for them); ending the job" in done.stderr
+    assert done.seconds < 30
+
+
+def test_when_rank_0_never_arrives_the_others_say_so(tmp_path):
+    done = run_mpi(2, [RANKS, "stuck0", str(tmp_path), "1"], timeout=60)
+    assert done.returncode != 0
+    assert "rank 1 of 2: sync (operation #2): rank 0, which coordinates every agreement, " \
+           "did not arrive within 1 s" in done.stderr
     assert done.seconds < 30
 
 

@@ -27,6 +27,7 @@ from ..errors import ArgumentError, ArgumentTypeError
 DEFAULT_TIMEOUT = 600.0
 #: How long a wait spins before it starts sleeping between polls (see `Comm.wait`).
 SPIN_SECONDS = 0.1
+ABORT_GRACE = 0.5  # seconds between the last message and MPI Abort
 _hook_installed = False
 
 
@@ -88,7 +89,7 @@ def fail_stuck(comm: Comm, message: str) -> None:
     """End the whole job: a collective could not complete (the message says which and who)."""
     sys.stderr.write(f"modelsync.distributed: rank {comm.rank} of {comm.size}: {message}; "
                      "ending the job (MPI Abort)\n")
-    sys.stderr.flush()
+    _flush_before_abort()
     mpi_module().COMM_WORLD.Abort(1)
     os._exit(1)  # pragma: no cover (Abort does not return)
 
@@ -148,11 +149,19 @@ def _install_abort_hook() -> None:
                 f"modelsync.distributed: rank {world.Get_rank()} of {world.Get_size()} raised "
                 f"{kind.__name__} and did not catch it; ending the job (MPI Abort) so that no "
                 "rank waits for ever\n")
-            sys.stderr.flush()
+            _flush_before_abort()
             world.Abort(1)
 
     sys.excepthook = abort_job
     _hook_installed = True
+
+
+def _flush_before_abort() -> None:
+    """Flush, and give the launcher a moment to forward this rank's last words: an Abort
+    tears the job down, and output still in the pipe to ``mpiexec`` would be lost."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(ABORT_GRACE)
 
 
 def mpi_module(required: bool = True) -> Any:
