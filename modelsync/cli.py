@@ -127,7 +127,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
     if args.ranks is not None:
-        return _launch_ranks(args.ranks)
+        return _launch_ranks(args)
     if args.distributed:
         return _cmd_demo_distributed(args)
     dev, device_line = demo.resolve_device(args.device)
@@ -143,16 +143,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch_ranks(ranks: int) -> int:
+def _launch_ranks(args: argparse.Namespace) -> int:
     """``modelsync demo --ranks N ...``: run ``mpiexec -n N python -m modelsync demo
-    --distributed ...`` with the other options as given; its exit status is ours."""
+    --distributed`` with the same options; its exit status is ours."""
     import subprocess
 
-    from .distributed.launch import find_mpiexec, without_ranks
+    from .distributed.launch import find_mpiexec
 
-    command = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "modelsync", "demo",
-               "--distributed", *without_ranks(sys.argv[2:] if _ARGV is None else _ARGV[1:])]
-    return subprocess.call(command)
+    options = ["--device", args.device, "--mode", args.mode, "--seed", str(args.seed)]
+    if args.epochs is not None:
+        options += ["--epochs", str(args.epochs)]
+    if args.out is not None:
+        options += ["--out", args.out]
+    if not args.progress:
+        options.append("--no-progress")
+    return subprocess.call([find_mpiexec(), "-n", str(args.ranks), sys.executable, "-m",
+                            "modelsync", "demo", "--distributed", *options])
 
 
 def _cmd_demo_distributed(args: argparse.Namespace) -> int:
@@ -204,15 +210,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-_ARGV: list[str] | None = None  # main's argv, for --ranks to pass the options on
 COMMANDS = {"demo": _cmd_demo, "explore": _cmd_explore, "inspect": _cmd_inspect}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    global _ARGV
     parser = build_parser()
-    _ARGV = None if argv is None else list(argv)
     try:
         try:
             args = parser.parse_args(argv)

@@ -15,7 +15,7 @@ from modelsync import demo
 from modelsync.cli import main
 from modelsync.distributed import init
 from modelsync.distributed.demo import run, shards
-from modelsync.distributed.launch import find_mpiexec, without_ranks
+from modelsync.distributed.launch import find_mpiexec
 
 pytest.importorskip("mpi4py", reason="the distributed tests need the test extra (mpi4py, mpich)")
 
@@ -65,10 +65,12 @@ def test_shards_are_equal_and_cover_whole_global_batches():
     assert shards(100, 1, 0) == (32, [(0, 32), (32, 64), (64, 96)])
 
 
-def test_launch_helpers():
-    assert without_ranks(["--mode", "copy", "--ranks", "2", "--ranks=3", "-x"]) == [
-        "--mode", "copy", "-x"]
+def test_ranks_finds_mpiexec_next_to_python_or_says_how_to_get_it(monkeypatch, capsys):
     assert Path(find_mpiexec()).parent == Path(sys.executable).parent
+    monkeypatch.setattr(sys, "executable", "/nowhere/python")
+    monkeypatch.setenv("PATH", "/nowhere")
+    assert main([*ARGS, "--ranks", "2"]) == 1
+    assert "pip install 'modelsync[mpi]'" in capsys.readouterr().err
 
 
 def test_the_distributed_guide_runs_on_two_ranks(tmp_path):

@@ -1,11 +1,10 @@
 """Starting a job from the command line (``modelsync demo --ranks N``): which ``mpiexec``
-to run, and the options to pass on to every rank."""
+to run."""
 
 from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ArgumentError
@@ -25,16 +24,3 @@ def find_mpiexec() -> str:
             "mpiexec -n N modelsync demo --distributed")
     return found
 
-
-def without_ranks(argv: Sequence[str]) -> list[str]:
-    """``argv`` without ``--ranks N`` / ``--ranks=N`` (every rank runs ``--distributed``)."""
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--ranks":
-            skip = True
-        elif not arg.startswith("--ranks="):
-            kept.append(arg)
-    return kept

@@ -116,10 +116,6 @@ def value_groups(params: Sequence[Param]) -> list[ValueGroup]:
     return [ValueGroup(group) for group in flat.group_by_dtype(params).values()]
 
 
-def total_bytes(groups: Sequence[ValueGroup]) -> int:
-    return sum(g.nbytes for g in groups)
-
-
 def _reshape(array: Any, shape: tuple[int, ...]) -> Any:
     if hasattr(array, "reshape"):
         return array.reshape(shape)

@@ -66,7 +66,7 @@ def _nccl_dtype(array: Any) -> int:
             "float64": nccl.NCCL_FLOAT64}[dtype_name(array.dtype)]
 
 
-def allreduce(comm: Comm, buffer: Any, label: str) -> None:
+def allreduce(comm: Comm, buffer: Any) -> None:
     """In-place sum of a 1-D CuPy ``buffer`` over the ranks."""
     import cupy
     from cupy.cuda import nccl
@@ -79,7 +79,7 @@ def allreduce(comm: Comm, buffer: Any, label: str) -> None:
         stream.synchronize()
 
 
-def bcast(comm: Comm, buffer: Any, root: int, label: str) -> None:
+def bcast(comm: Comm, buffer: Any, root: int) -> None:
     """``root``'s 1-D CuPy ``buffer`` written into every rank's, in place."""
     import cupy
 

@@ -18,6 +18,8 @@ from ..transfers import copy_to, guard_collective, record_collective
 from . import nccl
 from .comm import Comm, mpi_module
 
+REASON_HEADER = "distributed.replicate: the model's layers"
+
 
 def check_guard(comm: Comm, nbytes: int, *, reason: str, what: str, where: Any) -> None:
     """transfer_guard's verdict on a collective that will move ``nbytes`` (none in a world of
@@ -36,7 +38,7 @@ def sum_over_ranks(comm: Comm, buffer: Any, *, reason: str, what: str, use_nccl:
     nbytes = nbytes_of(buffer)
     label = f"{reason}: Allreduce of {nbytes} bytes"
     if dev.kind == "cuda" and use_nccl and nccl.usable(comm, dev):
-        nccl.allreduce(comm, buffer, label)
+        nccl.allreduce(comm, buffer)
         result = buffer
     else:
         host = buffer if dev == HOST else copy_to(buffer, HOST, reason=reason, what=what)
@@ -55,7 +57,7 @@ def broadcast_from(comm: Comm, buffer: Any, root: int, *, reason: str, what: str
     nbytes = nbytes_of(buffer)
     label = f"{reason}: Bcast of {nbytes} bytes from rank {root}"
     if dev.kind == "cuda" and use_nccl and nccl.usable(comm, dev):
-        nccl.bcast(comm, buffer, root, label)
+        nccl.bcast(comm, buffer, root)
         result = buffer
     else:
         host = buffer if dev == HOST else copy_to(buffer, HOST, reason=reason, what=what)
@@ -111,6 +113,3 @@ def broadcast_bytes(comm: Comm, data: bytes | None, root: int) -> bytes:
     request = comm.mpi.Ibcast([buffer, byte], root=root)
     comm.wait([request], label, deadline=comm.deadline(), missing=_after_agreement(comm))
     return bytes(buffer)
-
-
-REASON_HEADER = "distributed.replicate: the model's layers"
