@@ -268,6 +268,18 @@ def test_nccl_is_only_a_candidate_for_gpus(comm):
     assert not nccl.candidate(comm, ms.device("sim:1"))
 
 
+def test_without_nccl_the_ranks_decide_for_the_host_path_once():
+    mpi = pytest.importorskip("mpi4py.MPI")
+    comm = D.init(mpi.COMM_SELF)
+    gpu = ms.Device("cuda", 0)  # (not checked: nothing below touches a GPU)
+    assert nccl.candidate(comm, gpu)  # undecided: this rank could
+    if nccl.usable(comm, gpu):  # pragma: no cover (a machine with CuPy, NCCL and a GPU)
+        assert nccl.candidate(comm, gpu)
+        return
+    assert comm.nccl == {nccl.KEY: None}  # decided together, remembered
+    assert not nccl.candidate(comm, gpu) and not nccl.usable(comm, gpu)
+
+
 # -- docs/distributed.md runs ---------------------------------------------------------------------
 def test_the_distributed_guide_runs_in_a_world_of_one(tmp_path, monkeypatch):
     from test_docs import python_blocks
