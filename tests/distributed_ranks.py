@@ -147,6 +147,14 @@ def s_data_parallel(comm):
                      "grad_bytes": sum(p.nbytes for p in ms.params(model)),
                      "param_bytes_moved": t.bytes_of("param"),
                      "collectives": sum(e.kind == "collective" for e in t.events)}
+    # moved to another device between steps (mode="move"): the plan follows
+    model = D.replicate(tied_model() if comm.rank == 0 else None, comm)
+    opt = D.DataParallel(optim.Adam(ms.params(model), lr=1e-2), comm)
+    x, y = data(7 + comm.rank, 16)
+    _train(model, opt, [(x, y)], slice(None))
+    moved = ms.to_device(model, "sim:1", mode="move")
+    _train(moved, opt, [(x, y)], slice(None))
+    out["moved"] = {"digest": digest(moved), "device": str(_dev(moved))}
     # 1,000 small Params: still one collective per dtype per step
     many = layers.Chain(*[layers.Dense(2, 2, seed=i) for i in range(50)])
     many = D.replicate(many if comm.rank == 0 else None, comm)

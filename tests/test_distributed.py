@@ -101,6 +101,11 @@ def test_data_parallel_equals_one_process_on_the_global_batch(job, spec):
         assert r["param_bytes_moved"] == 0  # gradients cross, Params never do
 
 
+def test_data_parallel_follows_params_moved_between_steps(job):
+    seen = [r["moved"] for r in each(job, "data_parallel")]
+    assert len({r["digest"] for r in seen}) == 1 and seen[0]["device"] == "sim:1"
+
+
 def test_data_parallel_sends_one_collective_for_many_small_params(job):
     size = len(job)
     for r in each(job, "data_parallel"):

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import params as params_module
 from ..devices import HOST, dtype_name
 from ..errors import ArgumentTypeError
 from ..params import Param
@@ -68,6 +69,7 @@ class DataParallel:
         self._static = hashlib.blake2b(repr((REASON, check, self._rows)).encode(),
                                        digest_size=32).digest()
         self._plans: dict[bytes, _Plan] = {}
+        self._rehomes = params_module.rehomes  # Param moves seen when the plans were made
 
     # -- the optimizer's face --------------------------------------------------------------
     @property
@@ -101,6 +103,9 @@ class DataParallel:
         one buffer collective per dtype. Params no rank has a gradient for are left out."""
         comm = self.comm
         mask = bytes([p.grad is not None for p in self._params])
+        if self._rehomes != params_module.rehomes:  # a Param moved: its buffers are elsewhere
+            self._plans.clear()
+            self._rehomes = params_module.rehomes
         plan: list[_Plan] = []
 
         def prepare() -> tuple[bytes, int]:
