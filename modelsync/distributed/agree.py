@@ -13,6 +13,7 @@ same error from them: the ranks, and the first path where they differ.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Callable, Sequence
@@ -110,6 +111,7 @@ def _missing(ranks: list[int], comm: Comm) -> str:
             "waiting for them)")
 
 
+@functools.lru_cache(maxsize=64)
 def _op_code(op: str) -> int:
     return int.from_bytes(hashlib.blake2b(op.encode(), digest_size=8).digest(), "little")
 

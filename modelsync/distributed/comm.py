@@ -29,6 +29,7 @@ DEFAULT_TIMEOUT = 600.0
 SPIN_SECONDS = 0.1
 ABORT_GRACE = 0.5  # seconds between the last message and MPI Abort
 _hook_installed = False
+_MPI: list[Any] = []  # mpi4py's MPI module, once imported
 
 
 class Comm:
@@ -166,6 +167,8 @@ def _flush_before_abort() -> None:
 
 def mpi_module(required: bool = True) -> Any:
     """mpi4py's MPI module, or None (when not ``required``) if mpi4py is not installed."""
+    if _MPI:  # (every wait asks: remember it)
+        return _MPI[0]
     try:
         from mpi4py import MPI
     except ImportError:
@@ -174,4 +177,5 @@ def mpi_module(required: bool = True) -> Any:
         raise ArgumentError(
             "an mpi4py communicator was given but mpi4py is not installed; install the extra: "
             "pip install 'modelsync[mpi]'") from None
+    _MPI.append(MPI)
     return MPI
