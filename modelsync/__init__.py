@@ -1,7 +1,7 @@
 """modelsync: small neural-network models whose Params live on the host (NumPy), a GPU (CuPy)
 or a simulated device, and cross between them as a copy, a move or a wrapper."""
 
-from . import interop, layers, losses, optim
+from . import distributed, interop, layers, losses, optim
 from .convert import detach, sync, to_device, to_host
 from .devices import Device, available_devices, device
 from .errors import (
@@ -31,8 +31,8 @@ __all__ = [
     "ArgumentError", "ArgumentTypeError", "CoherenceError", "Device", "DeviceError",
     "DeviceMismatchError", "GraphMismatchError", "LoadError", "ModelSyncError", "MovedError",
     "Param", "SaveError", "TransferError", "TransferLedger", "available_devices", "backprop",
-    "detach", "device", "graph_id", "interop", "layer", "layers", "load", "load_into",
-    "load_optimizer", "losses", "named_params", "optim", "params", "read_metadata", "save",
-    "state_dict", "sync", "to_device", "to_host",
+    "detach", "device", "distributed", "graph_id", "interop", "layer", "layers", "load",
+    "load_into", "load_optimizer", "losses", "named_params", "optim", "params",
+    "read_metadata", "save", "state_dict", "sync", "to_device", "to_host",
     "track_transfers", "train", "transfer_guard",
 ]

@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                            "default: a temporary folder, removed afterwards)")
     demo.add_argument("--seed", type=_natural, default=0,
                       help="seed of the model's initial weights (default: 0)")
+    across = demo.add_mutually_exclusive_group()
+    across.add_argument("--distributed", action="store_true",
+                        help="one replica per MPI process, trained with DataParallel on shards "
+                             "of the data: run as mpiexec -n N modelsync demo --distributed "
+                             "(needs pip install 'modelsync[mpi]')")
+    across.add_argument("--ranks", type=_positive_int, default=None, metavar="N",
+                        help="launch mpiexec -n N modelsync demo --distributed yourself (the "
+                             "mpiexec next to this Python, else the one on PATH)")
     _progress_option(demo)
 
     explore = commands.add_parser(
@@ -118,6 +126,10 @@ _natural, _positive_int = _int_from(0), _int_from(1)
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
+    if args.ranks is not None:
+        return _launch_ranks(args)
+    if args.distributed:
+        return _cmd_demo_distributed(args)
     dev, device_line = demo.resolve_device(args.device)
     if args.out is not None:  # fail on a bad folder now, before any training
         demo.check_writable_dir(args.out, label="--out")
@@ -128,6 +140,45 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print()
     for line in demo.summary_lines(rows, kept=args.out is not None):
         print(line)
+    return 0
+
+
+def _launch_ranks(args: argparse.Namespace) -> int:
+    """``modelsync demo --ranks N ...``: run ``mpiexec -n N python -m modelsync demo
+    --distributed`` with the same options; its exit status is ours."""
+    import subprocess
+
+    from .distributed.launch import find_mpiexec
+
+    options = ["--device", args.device, "--mode", args.mode, "--seed", str(args.seed)]
+    if args.epochs is not None:
+        options += ["--epochs", str(args.epochs)]
+    if args.out is not None:
+        options += ["--out", args.out]
+    if not args.progress:
+        options.append("--no-progress")
+    return subprocess.call([find_mpiexec(), "-n", str(args.ranks), sys.executable, "-m",
+                            "modelsync", "demo", "--distributed", *options])
+
+
+def _cmd_demo_distributed(args: argparse.Namespace) -> int:
+    from . import demo
+    from .distributed import init
+    from .distributed.demo import rank_device, run
+
+    comm = init()
+    if args.out is not None and comm.rank == 0:
+        demo.check_writable_dir(args.out, label="--out")
+    _, device_line = rank_device(comm, args.device)
+    if comm.rank == 0:
+        print(f"{device_line}; {comm.size} ranks", flush=True)
+    rows = run(comm, dev=args.device, modes=args.mode, epochs=args.epochs or demo.DEFAULT_EPOCHS,
+               out=args.out, progress=args.progress, seed=args.seed,
+               log=lambda line: print(line, flush=True))
+    if rows is not None:
+        print()
+        for line in demo.summary_lines(rows, kept=args.out is not None):
+            print(line)
     return 0
 
 

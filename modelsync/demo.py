@@ -47,7 +47,9 @@ class DemoRow:
     ``phase_bytes`` maps each phase (convert, data, train, evaluate, save, load, sync) to its
     (host→device, device→host, device→device) bytes; ``h2d_bytes``/``d2h_bytes`` are their
     totals. ``bytes_per_step`` counts everything moved during training divided by the number
-    of optimizer steps: the guarantee is that it is 0.
+    of optimizer steps: the guarantee is that it is 0. A distributed run
+    (`modelsync.distributed.demo`) also says how many ``ranks`` trained, the ``global_batch``
+    and the bytes each step sent between processes (``collective_bytes_per_step``).
     """
 
     mode: str
@@ -67,6 +69,9 @@ class DemoRow:
     synced: bool  # the host copy synced from the trained model predicts exactly as it does
     same_graph: bool  # the reloaded model has the trained model's graph_id
     phase_bytes: dict[str, tuple[int, int, int]]
+    ranks: int = 0  # 0: not a distributed run
+    global_batch: int = BATCH_SIZE
+    collective_bytes_per_step: float = 0.0
 
 
 def resolve_device(spec: Device | str = "auto") -> tuple[Device, str]:
@@ -252,12 +257,16 @@ TABLE_HEADER = ("mode", "test acc", "train s", "host→dev", "dev→host", "per 
 
 
 def table_lines(rows: Sequence[DemoRow]) -> list[str]:
-    """The summary table, one line per mode, aligned, with a header and rule."""
-    cells = [TABLE_HEADER] + [
+    """The summary table, one line per mode, aligned, with a header and rule (and, for a
+    distributed run, a column of bytes per step across processes)."""
+    across = any(r.ranks for r in rows)
+    header = TABLE_HEADER + (("across/step",) if across else ())
+    cells = [header] + [
         (r.mode, f"{r.accuracy:.3f}", f"{r.train_seconds:.2f}", format_bytes(r.h2d_bytes),
          format_bytes(r.d2h_bytes), format_bytes(r.bytes_per_step), format_bytes(r.file_bytes))
+        + ((format_bytes(r.collective_bytes_per_step),) if across else ())
         for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(TABLE_HEADER))]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
 
     def line(row: Sequence[str]) -> str:
         first = row[0].ljust(widths[0])
@@ -271,11 +280,13 @@ def summary_lines(rows: Sequence[DemoRow], *, kept: bool) -> list[str]:
     if not rows:
         return []
     first = rows[0]
+    batch = (f"global batch {first.global_batch} ({first.global_batch // first.ranks} per "
+             f"rank)" if first.ranks else f"batch {BATCH_SIZE}")
     notes = [
         f"data: {DIGITS_CITATION}; 1,437 train / 360 test",
         f"model: Dense(64, {HIDDEN}, relu) -> Dense({HIDDEN}, 10), "
         f"{format_bytes(first.param_bytes)} of parameters; Adam(lr={LEARNING_RATE}), "
-        f"batch {BATCH_SIZE}, {first.steps} steps",
+        f"{batch}, {first.steps} steps",
         "test acc: the saved file reloaded on the host; host→dev / dev→host: every byte the "
         "workflow moved (convert, data set once, evaluate, save, sync), from "
         "ms.track_transfers(); per step: bytes moved per training step",
@@ -286,9 +297,20 @@ def summary_lines(rows: Sequence[DemoRow], *, kept: bool) -> list[str]:
         f"{format_bytes(phases['data'][0])} (once); dev→host = save "
         f"{format_bytes(phases['save'][1])} + sync {format_bytes(phases['sync'][1])} + "
         f"predicted classes {format_bytes(phases['evaluate'][1])}")
+    if first.ranks:
+        notes.append(
+            f"{first.ranks} ranks (one process each), DataParallel on shards of every global "
+            "batch; across/step: gradient bytes each rank sent per step (one Allreduce), from "
+            "the same ledger; the file is written once, by rank 0")
+        if first.bytes_per_step:
+            notes.append(
+                f"per step on {first.device}: the gradients cross to the host and back for MPI "
+                "(a simulated device, or GPUs without NCCL); on the host, or on GPUs with NCCL, "
+                "it is 0")
     checks = all(r.synced and r.same_graph for r in rows)
+    replicas = ", and every rank's replica is bitwise equal to rank 0's" if first.ranks else ""
     notes.append("sync: a host copy of the same graph synced from each trained model predicts "
-                 "exactly as the reloaded file" if checks else
+                 f"exactly as the reloaded file{replicas}" if checks else
                  "sync: MISMATCH — a synced copy or a reloaded graph differs (see the rows)")
     if kept:
         notes.append(f"files: {', '.join(r.file for r in rows)}")

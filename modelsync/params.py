@@ -110,7 +110,10 @@ class Param:
 
     @grad.setter
     def grad(self, value: Any) -> None:
-        if value is not None:
+        data = self._data
+        if value is not None and not (  # (fast path: a host array that fits needs no more)
+                type(value) is np.ndarray and type(data) is np.ndarray
+                and value.shape == data.shape and value.dtype == data.dtype):
             self._check_compatible("grad", value)
         self._grad = value
 

@@ -2,6 +2,9 @@
 
 Every host<->device and device<->device copy in the package goes through `copy_to`, which
 records an event in each active `track_transfers()` ledger and obeys `transfer_guard()`.
+Bytes that cross a *process* boundary (`modelsync.distributed`'s collectives) are not copies
+this module makes, but they answer to the same guard (`guard_collective`) and ledger
+(`record_collective`, events of kind "collective").
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ GUARD_MODES = ("allow", "log", "disallow")
 class TransferEvent:
     """One copy across a device boundary: its direction, size and why it happened."""
 
-    kind: str  # "h2d", "d2h" or "d2d"
+    kind: str  # "h2d", "d2h", "d2d" or "collective" (bytes sent between processes)
     bytes: int
     reason: str
     what: str
@@ -64,6 +67,11 @@ class TransferLedger:
     def d2d_bytes(self) -> int:
         return self._sum("d2d")
 
+    @property
+    def collective_bytes(self) -> int:
+        """Bytes this process's collectives (``ms.distributed``) moved between processes."""
+        return self._sum("collective")
+
     def bytes_of(self, what: str) -> int:
         """Bytes moved carrying ``what`` ("param", "state", "grad" or "data")."""
         if what not in WHATS:
@@ -71,8 +79,10 @@ class TransferLedger:
         return sum(e.bytes for e in self.events if e.what == what)
 
     def __repr__(self) -> str:
+        collective = self.collective_bytes
+        extra = f", collective={collective}" if collective else ""
         return (f"TransferLedger(count={self.count}, h2d={self.h2d_bytes}, "
-                f"d2h={self.d2h_bytes}, d2d={self.d2d_bytes})")
+                f"d2h={self.d2h_bytes}, d2d={self.d2d_bytes}{extra})")
 
 
 _ledgers: contextvars.ContextVar[tuple[TransferLedger, ...]] = contextvars.ContextVar(
@@ -113,10 +123,11 @@ def _direction(src: Device, dst: Device) -> str:
     return "d2h" if dst == HOST else "d2d"
 
 
-def _check_guard(src: Device, dst: Device, nbytes: int, reason: str, what: str) -> str:
+def _check_guard(src: Device | str, dst: Device | str, nbytes: int, reason: str, what: str,
+                 kind: str | None = None) -> str:
     """Apply the active transfer_guard (raise or log) and return the transfer's kind."""
     mode = _guard.get()
-    kind = _direction(src, dst)
+    kind = kind or _direction(src, dst)
     if what != "data" and mode != "allow":
         message = f"{kind} transfer of {nbytes} bytes ({what}) from {src} to {dst}: {reason}"
         if mode == "disallow":
@@ -130,6 +141,19 @@ def _check_guard(src: Device, dst: Device, nbytes: int, reason: str, what: str) 
 def _record(event: TransferEvent) -> None:
     for ledger in _ledgers.get():
         ledger.events.append(event)
+
+
+def guard_collective(nbytes: int, *, reason: str, what: str, src: str, dst: str) -> None:
+    """Apply the active transfer_guard to a collective about to move ``nbytes`` of ``what``
+    between processes (TransferError under "disallow"); call it before the collective."""
+    if what not in WHATS:
+        raise ArgumentError(f"what={what!r} is not a transfer kind; expected one of {WHATS}")
+    _check_guard(src, dst, nbytes, reason, what, kind="collective")
+
+
+def record_collective(nbytes: int, *, reason: str, what: str, src: str, dst: str) -> None:
+    """Record a completed collective in every active ledger (kind "collective")."""
+    _record(TransferEvent("collective", int(nbytes), reason, what, src, dst))
 
 
 def copy_to(array: Any, dst: Device | str, *, reason: str, what: str = "param",

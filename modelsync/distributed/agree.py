@@ -1,0 +1,240 @@
+"""Agreement before every collective: the ranks compare a small digest of what they are about
+to do, so a mismatch raises on every rank and moves nothing, instead of hanging one rank or
+silently mixing bytes that do not belong together.
+
+Each rank sends a fixed-size record (its count of agreed operations, the operation, a digest
+of its arguments and of what it holds, whether it failed locally) to rank 0, the coordinator,
+which answers each rank with one verdict: all equal, or not. Rank 0 receiving from each rank
+by itself (torch's ``monitored_barrier`` does the same) is what lets a timeout name the ranks
+that never arrived. On "not equal" every rank is known to be present, so they exchange full
+descriptions (`Description`, small and only on this error path) and each rank derives the
+same error from them: the ranks, and the first path where they differ.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import ArgumentError, GraphMismatchError
+from .comm import Comm, mpi_module
+from .errors import CollectiveError
+
+RECORD = struct.Struct("<QQ32sBB")  # seq, operation, digest, failed locally, GPU groups
+VERDICT = struct.Struct("<BB")  # 0 = agreed / 1 = not, GPU groups every rank holds
+TAG_RECORD, TAG_VERDICT = 7101, 7102
+COORDINATOR = 0
+#: A "Description" is what a rank says about itself when the digests differ: {"op", "seq",
+#: "error" (text or None), "args" (dict), "params" ([path, shape, dtype, origin, tied to]),
+#: "graph" (graph id or None), "grads" ([path with a gradient] or None)}.
+Description = dict
+
+
+def digest_of(*parts: Any) -> bytes:
+    """A 32-byte digest of ``parts`` (their reprs: tuples of str, int and float)."""
+    return hashlib.blake2b(repr(parts).encode(), digest_size=32).digest()
+
+
+def agree(comm: Comm, op: str, digest: bytes, *, describe: Callable[[], Description],
+          error: BaseException | None = None, gpu_groups: int = 0) -> int:
+    """Return once every rank has reached ``op`` with the same ``digest``; raise on every
+    rank otherwise (nothing has been moved). ``error`` is this rank's own failure to take
+    part (it is raised here, and the other ranks raise a `CollectiveError` naming it).
+    ``gpu_groups`` is a bit mask of the dtype groups this rank holds on a GPU; the result
+    is the mask of those every rank holds on a GPU (the groups NCCL may carry)."""
+    if comm.size == 1:
+        if error is not None:
+            raise error
+        return gpu_groups
+    comm.seq += 1
+    record = RECORD.pack(comm.seq, _op_code(op), digest, error is not None, gpu_groups & 0xFF)
+    if comm.rank == COORDINATOR:
+        verdict = _coordinate(comm, op, record)
+    else:
+        verdict = _report(comm, op, record)
+    differ, mask = VERDICT.unpack(verdict)
+    if not differ:
+        if error is not None:  # every rank failed alike: each raises its own
+            raise error
+        return mask
+    mine = _describe(describe, op, comm.seq, error)
+    everyone = comm.mpi.allgather(mine)  # every rank is here: the coordinator heard them all
+    if error is not None:
+        raise error
+    raise explain(everyone)
+
+
+def _coordinate(comm: Comm, op: str, record: bytes) -> bytes:
+    """Rank 0: hear every rank's record (naming the ranks that never come), answer each."""
+    mpi = comm.mpi
+    byte = mpi_module().BYTE
+    size = len(record)
+    buffers = [bytearray(size) for _ in range(comm.size - 1)]
+    requests = [mpi.Irecv([buf, byte], source=r, tag=TAG_RECORD)
+                for r, buf in enumerate(buffers, start=1)]
+    comm.wait(requests, f"{op} (operation #{comm.seq})", deadline=comm.deadline(),
+              missing=lambda left: _missing([i + 1 for i in left], comm))
+    records = [record] + [bytes(b) for b in buffers]
+    strip = [r[:-1] for r in records]  # (all but the GPU mask must be equal)
+    differ = any(r != strip[0] for r in strip[1:])
+    mask = 0xFF
+    for r in records:
+        mask &= r[-1]
+    verdict = VERDICT.pack(differ, mask)
+    sends = [mpi.Isend([verdict, byte], dest=r, tag=TAG_VERDICT) for r in range(1, comm.size)]
+    comm.wait(sends, f"{op} (operation #{comm.seq})", deadline=comm.deadline(),
+              missing=lambda left: f"ranks {[i + 1 for i in left]} stopped listening")
+    return verdict
+
+
+def _report(comm: Comm, op: str, record: bytes) -> bytes:
+    """Any other rank: send the record to rank 0 and wait for its verdict. The wait is a
+    little longer than rank 0's, so that where rank 0 is there it is the one that reports."""
+    mpi = comm.mpi
+    byte = mpi_module().BYTE
+    verdict = bytearray(VERDICT.size)
+    requests = [mpi.Isend([record, byte], dest=COORDINATOR, tag=TAG_RECORD),
+                mpi.Irecv([verdict, byte], source=COORDINATOR, tag=TAG_VERDICT)]
+    comm.wait(requests, f"{op} (operation #{comm.seq})",
+              deadline=comm.deadline(1.0 + 0.05 * comm.timeout),
+              missing=lambda _: (f"rank {COORDINATOR}, which coordinates every agreement, did "
+                                 f"not arrive within {comm.timeout:g} s"))
+    return bytes(verdict)
+
+
+def _missing(ranks: list[int], comm: Comm) -> str:
+    here = [r for r in range(comm.size) if r not in ranks]
+    return (f"ranks {ranks} did not arrive within {comm.timeout:g} s (ranks {here} are "
+            "waiting for them)")
+
+
+@functools.lru_cache(maxsize=64)
+def _op_code(op: str) -> int:
+    return int.from_bytes(hashlib.blake2b(op.encode(), digest_size=8).digest(), "little")
+
+
+def _describe(describe: Callable[[], Description], op: str, seq: int,
+              error: BaseException | None) -> Description:
+    """This rank's description; its own failure, or a failure to describe, as text."""
+    base: Description = {"op": op, "seq": seq, "error": None, "args": {}, "params": None,
+                         "graph": None, "grads": None}
+    if error is not None:
+        base["error"] = f"{type(error).__name__}: {error}"
+        return base
+    try:
+        base.update(describe())
+    except Exception as exc:  # the others must still hear something
+        base["error"] = f"{type(exc).__name__}: {exc}"
+    return base
+
+
+# -- from descriptions to one error, the same on every rank ------------------------------------
+def explain(everyone: Sequence[Description]) -> Exception:
+    """The error every rank raises for these descriptions (index = rank)."""
+    first = everyone[0]
+    where = {(d["op"], d["seq"]) for d in everyone}
+    if len(where) > 1:
+        at = ", ".join(f"rank {r} at {d['op']} (operation #{d['seq']})"
+                       for r, d in enumerate(everyone))
+        return CollectiveError(
+            f"the ranks are at different collective operations: {at}; every rank must make "
+            "the same ms.distributed calls in the same order")
+    op = first["op"]
+    failed = [(r, d["error"]) for r, d in enumerate(everyone) if d["error"]]
+    if failed:
+        rank, text = failed[0]
+        return CollectiveError(f"{op}: rank {rank} could not take part: {text}; no rank "
+                               "has changed anything")
+    for name in sorted({k for d in everyone for k in d["args"]}):
+        values = [d["args"].get(name) for d in everyone]
+        if any(v != values[0] for v in values[1:]):
+            listed = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
+            return ArgumentError(f"{op}: {name} differs between ranks ({listed}); every rank "
+                                 "must pass the same")
+    found = (_structure_difference(everyone, op) or _graph_difference(everyone, op)
+             or _grads_difference(everyone, op))
+    if found is not None:
+        return found
+    return CollectiveError(f"{op}: the ranks' digests differ but their descriptions agree "
+                           "(a library bug: please report it)")
+
+
+def _ranks_by(values: Sequence[Any]) -> str:
+    """'rank 0 (64, 10) float32 vs ranks 1, 2 (64, 12) float32' from one value per rank."""
+    groups: dict[str, list[int]] = {}
+    for rank, value in enumerate(values):
+        groups.setdefault(value, []).append(rank)
+    parts = []
+    for value, ranks in groups.items():
+        label = f"rank {ranks[0]}" if len(ranks) == 1 else \
+            "ranks " + ", ".join(str(r) for r in ranks)
+        parts.append(f"{label} {value}")
+    return " vs ".join(parts)
+
+
+def _first_difference(rows: Sequence[Sequence[Any]]) -> int | None:
+    longest = max(len(r) for r in rows)
+    for i in range(longest):
+        column = [r[i] if i < len(r) else None for r in rows]
+        if any(c != column[0] for c in column[1:]):
+            return i
+    return None
+
+
+def _structure_difference(everyone: Sequence[Description], op: str) -> Exception | None:
+    tables = [d["params"] or [] for d in everyone]
+    shapes = [[(p[0], tuple(p[1]), p[2], p[4]) for p in t] for t in tables]
+    i = _first_difference(shapes)
+    if i is None:
+        return None
+    path = next(t[i][0] for t in tables if i < len(t))
+
+    def cell(t: list[Any]) -> str:
+        if i >= len(t):
+            return "has no Param there"
+        p = t[i]
+        tied = f" tied to {p[4]}" if p[4] != p[0] else ""
+        name = "" if p[0] == path else f"holds {p[0]} there: "
+        return f"{name}{tuple(p[1])} {p[2]}{tied}"
+
+    return GraphMismatchError(
+        f"{op}: {path}: {_ranks_by([cell(t) for t in tables])}; the ranks' models differ in "
+        "structure (paths, order, shapes, dtypes or ties), so no bytes were exchanged")
+
+
+def _graph_difference(everyone: Sequence[Description], op: str) -> Exception | None:
+    tables = [d["params"] or [] for d in everyone]
+    if not any(d["graph"] for d in everyone):
+        return None  # check="structure": origins are not compared
+    hint = ("build the model on one rank and give it to the others with "
+            "ms.distributed.replicate, or pass check=\"structure\"")
+    i = _first_difference([[p[3] for p in t] for t in tables])
+    if i is not None:
+        origins = [t[i][3][:12] + "…" for t in tables]
+        return GraphMismatchError(
+            f"{op}: {tables[0][i][0]}: the ranks hold Params made as different originals "
+            f"({_ranks_by(origins)}): their models are not replicas of one graph; {hint}")
+    graphs = [d["graph"] for d in everyone]
+    if any(g != graphs[0] for g in graphs[1:]):
+        return GraphMismatchError(
+            f"{op}: the graph ids differ ({_ranks_by([g[:12] + '…' for g in graphs])}): same "
+            f"Params, but layer types or configuration differ; {hint}")
+    return None
+
+
+def _grads_difference(everyone: Sequence[Description], op: str) -> Exception | None:
+    grads = [d["grads"] for d in everyone]
+    if all(g is None for g in grads):
+        return None
+    paths = [p[0] for p in everyone[0]["params"] or []]
+    held = [set(g or ()) for g in grads]
+    for path in paths:
+        has = ["has a gradient" if path in h else "has none" for h in held]
+        if any(h != has[0] for h in has[1:]):
+            return GraphMismatchError(
+                f"{op}: {path}: {_ranks_by(has)}; every rank must backprop through the same "
+                "Params before the step (a Param no rank has a gradient for is skipped)")
+    return None

@@ -1,0 +1,242 @@
+"""`DataParallel`: an optimizer whose ``step()`` first averages every bound Param's gradient
+over the ranks, then steps.
+
+As ChainerMN's multi-node optimizer does: the gradients of each dtype are packed into one
+contiguous buffer (already scaled by 1/size, in the same pass), summed over the ranks by one
+in-place buffer collective, and handed back to the Params as views of it, so the inner
+optimizer's step reads them where they landed. One collective per dtype however many Params
+there are, never one per Param, never pickled. Before it the ranks agree on what they hold
+and which Params have gradients (`agree`), so a mismatch raises on every rank, not a hang.
+
+Every rank then holds the same gradients and the same Params, so each makes the same update:
+the replicas stay bitwise equal without sending a Param.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import params as params_module
+from ..devices import HOST, dtype_name
+from ..errors import ArgumentTypeError
+from ..params import Param
+from ..xp import concat_flat
+from . import transport
+from .comm import Comm
+from .layout import on_device
+from .ops import check_check, gpu_bits, require_comm, run_agreed
+
+REASON = "DataParallel.step"
+#: On the host a gradient of at least this many elements is scaled straight into its place
+#: in the buffer; smaller neighbours are concatenated in one call, then scaled together.
+LARGE = 1 << 12
+
+
+class DataParallel:
+    """``DataParallel(optimizer, comm)``: use it as the optimizer (``step``, ``zero_grad``,
+    ``state_dict``, ``load_state_dict``, ``params``); ``optimizer`` is the one inside.
+
+    ``check="graph"`` (default) also requires the bound Params to be replicas of one graph
+    (same origins: made by `replicate`, `to_device` or `load` from one model);
+    ``"structure"`` only the same paths, shapes and dtypes.
+    """
+
+    def __init__(self, optimizer: Any, comm: Comm, *, check: str = "graph") -> None:
+        bound = getattr(optimizer, "params", None)
+        if not (callable(getattr(optimizer, "step", None))
+                and callable(getattr(optimizer, "zero_grad", None))
+                and isinstance(bound, (tuple, list)) and bound
+                and all(isinstance(p, Param) for p in bound)):
+            raise ArgumentTypeError(
+                f"optimizer is a {type(optimizer).__name__}; expected an optimizer from "
+                "modelsync.optim bound to Params, e.g. optim.Adam(ms.params(model))")
+        if isinstance(optimizer, DataParallel):
+            raise ArgumentTypeError("optimizer is already a DataParallel; wrap it once")
+        self.comm = require_comm(comm)
+        self.check = check_check(check)
+        self.optimizer = optimizer
+        self._params: tuple[Param, ...] = tuple(bound)
+        paths = getattr(optimizer, "paths", None)
+        self._paths = tuple(paths) if paths else tuple(str(i) for i in range(len(bound)))
+        self._rows = [[path, list(p.shape), dtype_name(p.dtype),
+                       p.origin if check == "graph" else "", path]
+                      for path, p in zip(self._paths, self._params, strict=True)]
+        self._graph = _hex(self._rows) if check == "graph" else None
+        self._static = hashlib.blake2b(repr((REASON, check, self._rows)).encode(),
+                                       digest_size=32).digest()
+        self._plans: dict[bytes, _Plan] = {}
+        self._rehomes = params_module.rehomes  # Param moves seen when the plans were made
+
+    # -- the optimizer's face --------------------------------------------------------------
+    @property
+    def params(self) -> tuple[Param, ...]:
+        return self._params
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return self._paths
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(state_dict)
+
+    def __repr__(self) -> str:
+        return f"DataParallel({self.optimizer!r}, {self.comm!r})"
+
+    def step(self) -> None:
+        """Average the gradients over the ranks (`average_gradients`), then step."""
+        self.average_gradients()
+        self.optimizer.step()
+
+    # -- the collective --------------------------------------------------------------------
+    def average_gradients(self) -> None:
+        """Replace each bound Param's gradient by the mean over the ranks: one agreement, then
+        one buffer collective per dtype. Params no rank has a gradient for are left out."""
+        comm = self.comm
+        mask = bytes([p.grad is not None for p in self._params])
+        if self._rehomes != params_module.rehomes:  # a Param moved: its buffers are elsewhere
+            self._plans.clear()
+            self._rehomes = params_module.rehomes
+        plan: list[_Plan] = []
+
+        def prepare() -> tuple[bytes, int]:
+            found = self._plans.get(mask)
+            if found is None:
+                found = self._plans[mask] = _Plan(self._params, mask)
+            plan.append(found)
+            transport.check_guard(comm, found.nbytes, reason=REASON, what="grad",
+                                  where=", ".join(sorted({str(g.device) for g in found.groups})))
+            digest = hashlib.blake2b(self._static + mask, digest_size=32).digest()
+            return digest, gpu_bits(comm, [g.device for g in found.groups])
+
+        shared = run_agreed(comm, REASON, prepare, lambda: self._describe(mask))
+        if comm.size == 1:
+            return
+        scale = 1.0 / comm.size
+        for i, group in enumerate(plan[0].groups):
+            with on_device(group.device):
+                packed = group.pack(scale)
+                total = transport.sum_over_ranks(comm, packed, reason=REASON, what="grad",
+                                                 use_nccl=bool(shared >> i & 1))
+                group.unpack(total)
+
+    def _describe(self, mask: bytes) -> dict[str, Any]:
+        return {"args": {"check": self.check}, "params": self._rows, "graph": self._graph,
+                "grads": [path for path, has in zip(self._paths, mask, strict=True) if has]}
+
+
+def inner_optimizer(optimizer: Any) -> Any:
+    """The optimizer inside a DataParallel (what a file stores), or ``optimizer`` itself."""
+    return optimizer.optimizer if isinstance(optimizer, DataParallel) else optimizer
+
+
+def _hex(rows: list[Any]) -> str:
+    return hashlib.blake2b(repr(rows).encode(), digest_size=16).hexdigest()
+
+
+class _Plan:
+    """For one pattern of which Params have gradients: a `_GradGroup` per dtype."""
+
+    def __init__(self, params: tuple[Param, ...], mask: bytes) -> None:
+        present = [p for p, has in zip(params, mask, strict=True) if has]
+        by_dtype: dict[str, list[Param]] = {}
+        for p in present:
+            by_dtype.setdefault(dtype_name(p.dtype), []).append(p)
+        self.groups = [_GradGroup(group) for group in by_dtype.values()]
+        self.nbytes = sum(g.nbytes for g in self.groups)
+
+
+class _GradGroup:
+    """One dtype's gradients as one buffer. On the host the buffer is allocated once and
+    packed in place (`segments`); its views are what the Params get back. A group whose
+    Params are on a device (or spread over several) is packed by concatenation."""
+
+    def __init__(self, params: list[Param]) -> None:
+        self.params = params
+        self.sizes = [p.size for p in params]
+        self.nbytes = sum(p.nbytes for p in params)
+        devices = {p.device for p in params}
+        self.device = next(iter(devices)) if len(devices) == 1 else None
+        self.buffer: np.ndarray | None = None
+        if self.device == HOST:
+            self.buffer = np.empty(sum(self.sizes), dtype=params[0].dtype)
+            self.views = _views(self.buffer, params, self.sizes)
+            self.segments = _segments(self.sizes)
+
+    def pack(self, scale: float) -> Any:
+        """Every gradient times ``scale``, in one 1-D buffer."""
+        params = self.params
+        if self.buffer is None:
+            if self.device is None:  # spread over devices: gather on the host
+                from ..transfers import copy_to
+
+                grads = [p.grad if p.device == HOST else
+                         copy_to(p.grad, HOST, reason=REASON, what="grad") for p in params]
+                return np.concatenate([g.reshape(-1) for g in grads]) * scale
+            return concat_flat([p.grad for p in params]) * scale
+        buffer, views = self.buffer, self.views
+        for lo, hi, start, end in self.segments:
+            if hi - lo == 1:
+                np.multiply(params[lo].grad, scale, out=views[lo])
+            else:
+                part = buffer[start:end]
+                np.concatenate([params[i].grad for i in range(lo, hi)], axis=None, out=part)
+                np.multiply(part, scale, out=part)
+        return buffer
+
+    def unpack(self, total: Any) -> None:
+        """Give each Param its slice of ``total`` (a view: nothing is copied back)."""
+        if total is self.buffer:
+            for p, view in zip(self.params, self.views, strict=True):
+                p.grad = view
+            return
+        if self.device is None:
+            from ..transfers import copy_to
+
+            at = 0
+            for p, size in zip(self.params, self.sizes, strict=True):
+                part = total[at:at + size].reshape(p.shape)
+                p.grad = part if p.device == HOST else copy_to(part, p.device, reason=REASON,
+                                                               what="grad")
+                at += size
+            return
+        for p, view in zip(self.params, _views(total, self.params, self.sizes), strict=True):
+            p.grad = view
+
+
+def _views(buffer: Any, params: list[Param], sizes: list[int]) -> list[Any]:
+    views = []
+    at = 0
+    xp = None if isinstance(buffer, np.ndarray) else params[0].device.xp
+    for p, size in zip(params, sizes, strict=True):
+        part = buffer[at:at + size]
+        views.append(part.reshape(p.shape) if xp is None else xp.reshape(part, p.shape))
+        at += size
+    return views
+
+
+def _segments(sizes: list[int]) -> list[tuple[int, int, int, int]]:
+    """(first member, end member, first element, end element) of each packing step: a large
+    gradient alone, runs of small ones together."""
+    found = []
+    lo = start = 0
+    at = 0
+    for i, size in enumerate(sizes):
+        if size >= LARGE:
+            if lo < i:
+                found.append((lo, i, start, at))
+            found.append((i, i + 1, at, at + size))
+            lo, start = i + 1, at + size
+        at += size
+    if lo < len(sizes):
+        found.append((lo, len(sizes), start, at))
+    return found

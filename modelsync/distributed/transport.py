@@ -1,0 +1,115 @@
+"""Moving one flat buffer between processes: an in-place sum over the ranks, or the root's
+values to every rank. Host buffers go through MPI as they are (buffer-based, never pickled);
+GPU buffers through NCCL where every rank has a GPU of its own (`nccl`), else through the
+host (counted copies); simulated-device buffers through the host.
+
+Every call records one "collective" event in the ledger. The guard is asked earlier, by
+`check_guard`, before the ranks agree, so that a refusal raises on every rank.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..devices import HOST, device_of, nbytes_of
+from ..transfers import copy_to, guard_collective, record_collective
+from . import nccl
+from .comm import Comm, mpi_module
+
+REASON_HEADER = "distributed.replicate: the model's layers"
+
+
+def check_guard(comm: Comm, nbytes: int, *, reason: str, what: str, where: Any) -> None:
+    """transfer_guard's verdict on a collective that will move ``nbytes`` (none in a world of
+    one, where nothing crosses a process boundary)."""
+    if comm.size > 1:
+        guard_collective(nbytes, reason=reason, what=what, src=_src(comm, where),
+                         dst=_dst(comm))
+
+
+def sum_over_ranks(comm: Comm, buffer: Any, *, reason: str, what: str, use_nccl: bool) -> Any:
+    """The elementwise sum of every rank's ``buffer`` (1-D), on its device: ``buffer`` itself
+    (written in place) on the host and through NCCL, a new array after a trip via the host."""
+    if comm.size == 1:
+        return buffer
+    dev = device_of(buffer)
+    nbytes = nbytes_of(buffer)
+    label = f"{reason}: Allreduce of {nbytes} bytes"
+    if dev.kind == "cuda" and use_nccl and nccl.usable(comm, dev):
+        nccl.allreduce(comm, buffer)
+        result = buffer
+    else:
+        host = buffer if dev == HOST else copy_to(buffer, HOST, reason=reason, what=what)
+        _host_sum(comm, host, label)
+        result = host if dev == HOST else copy_to(host, dev, reason=reason, what=what)
+    record_collective(nbytes, reason=reason, what=what, src=_src(comm, dev), dst=_dst(comm))
+    return result
+
+
+def broadcast_from(comm: Comm, buffer: Any, root: int, *, reason: str, what: str,
+                   use_nccl: bool) -> Any:
+    """``root``'s ``buffer`` on every rank (same contract as `sum_over_ranks`)."""
+    if comm.size == 1:
+        return buffer
+    dev = device_of(buffer)
+    nbytes = nbytes_of(buffer)
+    label = f"{reason}: Bcast of {nbytes} bytes from rank {root}"
+    if dev.kind == "cuda" and use_nccl and nccl.usable(comm, dev):
+        nccl.bcast(comm, buffer, root)
+        result = buffer
+    else:
+        host = buffer if dev == HOST else copy_to(buffer, HOST, reason=reason, what=what)
+        request = comm.mpi.Ibcast(_raw(host), root=root)
+        comm.wait([request], label, deadline=comm.deadline(), missing=_after_agreement(comm))
+        result = host if dev == HOST else copy_to(host, dev, reason=reason, what=what)
+    if comm.rank == root:
+        record_collective(nbytes, reason=reason, what=what, src=_src(comm, dev),
+                          dst=_dst(comm))
+    else:
+        record_collective(nbytes, reason=reason, what=what, src=f"rank {root}",
+                          dst=_src(comm, dev))
+    return result
+
+
+def _host_sum(comm: Comm, host: np.ndarray, label: str) -> None:
+    """In-place MPI sum of a host buffer; float16 (which MPI cannot add) is summed in
+    float32 and rounded once."""
+    mpi = mpi_module()
+    work = host.astype(np.float32) if host.dtype == np.float16 else host
+    request = comm.mpi.Iallreduce(mpi.IN_PLACE, work, op=mpi.SUM)
+    comm.wait([request], label, deadline=comm.deadline(), missing=_after_agreement(comm))
+    if work is not host:
+        host[...] = work
+
+
+def _raw(host: np.ndarray) -> Any:
+    """A host buffer as MPI bytes (a broadcast does no arithmetic, so any dtype will do)."""
+    return [host.view(np.uint8), mpi_module().BYTE]
+
+
+def _after_agreement(comm: Comm) -> Any:
+    return lambda _: (f"it did not complete within {comm.timeout:g} s although every rank "
+                      "had agreed to it (a rank died or stopped making progress)")
+
+
+def _src(comm: Comm, where: Any) -> str:
+    return f"rank {comm.rank} ({where})"
+
+
+def _dst(comm: Comm) -> str:
+    return f"{comm.size} ranks"
+
+
+def broadcast_bytes(comm: Comm, data: bytes | None, root: int) -> bytes:
+    """``root``'s ``data`` (others pass None) on every rank: its length, then its bytes."""
+    byte = mpi_module().BYTE
+    length = np.array([len(data) if comm.rank == root else 0], dtype=np.int64)
+    label = f"{REASON_HEADER} from rank {root}"
+    request = comm.mpi.Ibcast([length.view(np.uint8), byte], root=root)
+    comm.wait([request], label, deadline=comm.deadline(), missing=_after_agreement(comm))
+    buffer = bytearray(data) if comm.rank == root else bytearray(int(length[0]))
+    request = comm.mpi.Ibcast([buffer, byte], root=root)
+    comm.wait([request], label, deadline=comm.deadline(), missing=_after_agreement(comm))
+    return bytes(buffer)

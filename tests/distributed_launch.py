@@ -1,0 +1,89 @@
+"""Running real ``mpiexec`` jobs from pytest: a hang is a failure (the whole process group is
+killed), and MPICH's shared-memory files that an aborted job leaves in /dev/shm are removed.
+
+``mpiexec`` is the one installed next to the running Python (the ``mpich`` wheel of the
+``test`` and ``mpi`` extras puts it in the virtual environment's ``bin/``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import attrs
+
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+SHM = Path("/dev/shm")
+
+
+@attrs.frozen
+class Job:
+    """What one ``mpiexec`` run did: exit status, output, seconds, each rank's results and
+    the MPICH files it left in /dev/shm (removed by the time this is returned)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    results: list[dict]
+    leftovers: list[str]
+
+
+def _shm_files() -> set[str]:
+    try:
+        return {p.name for p in SHM.iterdir() if "mpich" in p.name.lower()}
+    except OSError:
+        return set()
+
+
+def run_mpi(n: int, args: list[str], *, timeout: float, out: Path | None = None,
+            env: dict[str, str] | None = None, cwd: Path | None = None) -> Job:
+    """``mpiexec -n N python ARGS...``; each rank's results are read from ``out/rank<r>.json``
+    when ``out`` is given. Raises AssertionError (after killing the job) past ``timeout``."""
+    assert MPIEXEC.exists(), (
+        f"{MPIEXEC} is missing: install the test extra (pip install -e '.[test]'), which "
+        "brings the mpich wheel and its mpiexec")
+    return run_command([str(MPIEXEC), "-n", str(n), sys.executable, *args], timeout=timeout,
+                       ranks=n, out=out, env=env, cwd=cwd)
+
+
+def run_command(command: list[str], *, timeout: float, ranks: int = 0,
+                out: Path | None = None, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> Job:
+    """Run ``command`` in its own process group (killed whole past ``timeout``), then remove
+    the MPICH files it left in /dev/shm."""
+    n = ranks
+    before = _shm_files()
+    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    start = time.monotonic()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=full_env, cwd=cwd)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(
+            f"{' '.join(command)} hung for {timeout} s and was killed\nstdout:\n{stdout}\n"
+            f"stderr:\n{stderr}") from None
+    finally:
+        if proc.poll() is None:  # pragma: no cover (communicate returned or we killed it)
+            os.killpg(proc.pid, signal.SIGKILL)
+    seconds = time.monotonic() - start
+    left = sorted(_shm_files() - before)
+    for name in left:  # what an aborted MPICH job leaves behind
+        try:
+            (SHM / name).unlink()
+        except OSError:
+            pass
+    results = []
+    if out is not None:
+        for rank in range(n):
+            path = out / f"rank{rank}.json"
+            results.append(json.loads(path.read_text()) if path.exists() else {})
+    return Job(proc.returncode, stdout, stderr, seconds, results, left)
