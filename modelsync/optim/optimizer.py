@@ -81,8 +81,10 @@ class Optimizer(Bound):
         flat: list[tuple[FlatGroup, list[Any]]] = []
         for group in list(plan.groups):
             grads = Param.grads_of(group.members)
-            if any(g is None for g in grads):
-                self._dissolve(group, plan)  # this step goes Param by Param, as torch's
+            for g in grads:
+                if g is None:
+                    self._dissolve(group, plan)  # this step goes Param by Param, as torch's
+                    break
             else:
                 flat.append((group, grads))
         todo: list[tuple[Param, Any, State | None]] = []
@@ -100,25 +102,28 @@ class Optimizer(Bound):
         def commit() -> None:
             for group, grads in flat:
                 group.run(grads)
-            for p, grad, state in todo:
-                self._step_one(p, grad, state)
+            states, kernels = self._states, self._kernels
+            for p, grad, state in todo:  # (one loop, no call per Param: a hot path)
+                data = p.writable()  # (brought up to date in prepare: nothing left to pull)
+                if state is None:
+                    state = self._new_state(p)
+                states[p] = state
+                known = kernels.get(p)
+                if known is None or known[0] is not state:
+                    known = kernels[p] = (state, self._choose(p, state, data))
+                state.step += 1
+                known[1](data, grad, state.step)
 
         return commit
 
-    def _step_one(self, p: Param, grad: Any, state: State | None) -> None:
-        data = p.writable()  # (brought up to date in prepare: nothing left to pull)
-        if state is None:
-            state = State(p.device, 0, [zeros(p.device, p.shape, p.dtype)
-                                        for _ in self.state_names])
-        self._states[p] = state
-        known = self._kernels.get(p)
-        if known is None or known[0] is not state:
-            contiguous = not isinstance(data, np.ndarray) or data.flags.c_contiguous
-            known = self._kernels[p] = (state, choose(self, self._scalars, state.device,
-                                                      state.arrays, p.shape, p.dtype,
-                                                      contiguous=contiguous))
-        state.step += 1
-        known[1](data, grad, state.step)
+    def _new_state(self, p: Param) -> State:
+        """Zero state on ``p``'s device, step 0: made at its first step, as in torch."""
+        return State(p.device, 0, [zeros(p.device, p.shape, p.dtype) for _ in self.state_names])
+
+    def _choose(self, p: Param, state: State, data: Any) -> Kernel:
+        contiguous = not isinstance(data, np.ndarray) or data.flags.c_contiguous
+        return choose(self, self._scalars, state.device, state.arrays, p.shape, p.dtype,
+                      contiguous=contiguous)
 
     def _replan(self) -> Plan:
         plan, states = make_plan(self, self._scalars, self._params, self._states, self._plan,
