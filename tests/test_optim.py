@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import modelsync as ms
-from modelsync import layers, optim
+from modelsync import kernels, layers, optim
 from modelsync.devices import device_of
 from modelsync.errors import ArgumentError, ArgumentTypeError
+from modelsync.kernels import prange
 from modelsync.optim import kernel as optim_kernel
 from modelsync.transfers import copy_to
 
@@ -813,3 +814,59 @@ def test_transforms_are_gradient_transforms_not_optimizers():
         assert isinstance(transform, optim.GradientTransform)
         assert not isinstance(transform, optim.Optimizer)
     assert isinstance(optim.Adam(ps), optim.Optimizer)
+
+
+# -- a new rule is one class: the engine knows no rule by name -----------------------------------
+class SignMomentum(optim.Optimizer):
+    """A rule written only as its maths (array API and a numba loop): ``b = mu b + g``,
+    ``p -= lr * sign(b)``."""
+
+    lr = optim.restrict_range("[0, ∞)")
+    mu = optim.restrict_range("[0, 1)")
+    state_names = ("buffer",)
+
+    def __init__(self, params, lr: float = 0.01, mu: float = 0.5) -> None:
+        super().__init__(params, lr=lr, mu=mu)
+
+    def scalars(self, step):
+        return (self.lr, self.mu)
+
+    def update_xp(self, data, grad, state, s, xp):
+        lr, mu = s
+        state[0] = mu * state[0] + grad
+        data -= lr * xp.sign(state[0])
+
+    @staticmethod
+    def loop(p, g, b, lr, mu):
+        for i in prange(p.shape[0]):
+            b[i] = mu * b[i] + g[i]
+            p[i] = p[i] - lr * np.sign(b[i])
+
+
+def ref_sign_momentum(theta, g, state, t):
+    state["b"] = 0.5 * state.get("b", np.zeros_like(theta)) + g
+    return theta - 0.01 * np.sign(state["b"])
+
+
+@pytest.mark.parametrize("kernels_env", ["auto", "numpy"])
+def test_a_rule_written_as_maths_only_gets_the_whole_engine(dev, kernels_env, monkeypatch):
+    monkeypatch.setenv("MODELSYNC_KERNELS", kernels_env)
+    ps = make_params(initial(), dev)
+    opt = SignMomentum(ps)
+    got = run(opt, ps, 20)
+    for g, w in zip(got, reference(ref_sign_momentum, initial(), 20), strict=True):
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=1e-15)
+    assert opt.hyper == {"lr": 0.01, "mu": 0.5} and opt.state[ps[0]]["step"] == 20
+    compiled = dev.kind == "host" and kernels_env == "auto" and kernels.backend() == "numba"
+    assert compiled == any(isinstance(k, optim_kernel.CompiledKernel)
+                           for _, k in opt._kernels.values())
+    flat = ms.params(ms.to_device(layers.Chain(layers.Dense(3, 4, dtype="float64", seed=0)),
+                                  dev))
+    flat_opt = SignMomentum(flat)
+    for p in flat:
+        p.grad = copy_to(np.full(p.shape, 0.25), dev, reason="test")
+    flat_opt.step()
+    assert flat_opt.flat_groups == 1
+    again = SignMomentum(flat)
+    again.load_state_dict(flat_opt.state_dict())
+    assert again.state_dict()["state"]["layers.0.weight"]["step"] == 1

@@ -59,7 +59,9 @@ def _twin(fn: Callable[..., None], tag: str, **options: Any) -> Any:
                               fn.__closure__)
     copy.__qualname__ = f"{fn.__qualname__}_{tag}"
     copy.__module__ = fn.__module__
-    return numba.njit(**options, **_OPTIONS)(copy)
+    # a loop written in a notebook or passed to exec() has no file to cache it next to
+    cache = not fn.__code__.co_filename.startswith("<")
+    return numba.njit(**options, **{**_OPTIONS, "cache": cache})(copy)
 
 
 def _twins(fn: Callable[..., None]) -> tuple[Any, Any]:
