@@ -870,3 +870,14 @@ def test_a_rule_written_as_maths_only_gets_the_whole_engine(dev, kernels_env, mo
     again = SignMomentum(flat)
     again.load_state_dict(flat_opt.state_dict())
     assert again.state_dict()["state"]["layers.0.weight"]["step"] == 1
+
+
+def test_a_rule_passing_other_hyperparameters_than_it_declares_is_told_which():
+    class Typo(optim.Optimizer):
+        lr = optim.restrict_range("[0, ∞)")
+
+        def __init__(self, params) -> None:
+            super().__init__(params, learning_rate=0.1)
+
+    with pytest.raises(ArgumentTypeError, match=r"\['learning_rate'\].*are \['lr'\]"):
+        Typo([ms.Param(np.ones(2))])

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..errors import ArgumentTypeError
 from ..params import Param
 from ..xp import namespace
 from . import statedict
@@ -48,8 +49,9 @@ class Bound:
     def __init__(self, params: Iterable[Param], *, paths: Sequence[str] | None = None,
                  **hyper: Any) -> None:
         if set(hyper) != set(self.hyper_names):
-            raise TypeError(f"{type(self).__name__} sets {sorted(hyper)}; its hyperparameters "
-                            f"are {list(self.hyper_names)}")
+            raise ArgumentTypeError(
+                f"{type(self).__name__} passes hyperparameters {sorted(hyper)} to "
+                f"Optimizer.__init__; its restrict_range attributes are {list(self.hyper_names)}")
         for name in self.hyper_names:  # checked first, as torch checks them
             setattr(self, name, hyper[name])
         self._params, self._paths = bind_params(params, paths)
