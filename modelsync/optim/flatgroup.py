@@ -54,12 +54,13 @@ class FlatGroup:
     that update them. ``has_state``: its members have state to show (it has stepped, or was
     made from their state); a group made for Params never stepped has none until it steps."""
 
-    __slots__ = ("store", "members", "offsets", "sizes", "step", "buffers", "segments",
-                 "has_state")
+    __slots__ = ("store", "device", "members", "offsets", "sizes", "step", "buffers",
+                 "segments", "has_state")
 
     def __init__(self, store: FlatStore, first: int, members: list[Param], step: int,
                  buffers: list[Any], segments: list[Segment], *, has_state: bool) -> None:
         self.store = store
+        self.device = store.device  # (where its buffer and state live: fixed)
         self.members = members
         self.offsets = store.offsets[first:first + len(members)]
         self.sizes = store.sizes[first:first + len(members)]
@@ -67,10 +68,6 @@ class FlatGroup:
         self.buffers = buffers  # whole-run state, 1-D, one per state name
         self.segments = segments
         self.has_state = has_state
-
-    @property
-    def device(self) -> Any:
-        return self.store.device
 
     @property
     def key(self) -> tuple[int, ...]:
