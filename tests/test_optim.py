@@ -881,3 +881,28 @@ def test_a_rule_passing_other_hyperparameters_than_it_declares_is_told_which():
 
     with pytest.raises(ArgumentTypeError, match=r"\['learning_rate'\].*are \['lr'\]"):
         Typo([ms.Param(np.ones(2))])
+
+
+def test_a_rule_without_an_in_place_host_form_keeps_flat_state_true(monkeypatch):
+    monkeypatch.setenv("MODELSYNC_KERNELS", "numpy")  # update_host: the array-API default
+    from modelsync.optim import flatgroup
+
+    monkeypatch.setattr(flatgroup, "LARGE", 4)  # several segments over one state buffer
+    model = ms.to_device(layers.Chain(layers.Dense(3, 4, dtype="float64", seed=0),
+                                      layers.Dense(4, 2, dtype="float64", seed=1)), "host")
+    ps = ms.params(model)
+    opt = SignMomentum(ps)
+    thetas = [to_numpy(p.value) for p in ps]
+    got = run(opt, ps, 6)
+    assert opt.flat_groups == 1 and len(opt._plan.groups[0].segments) > 1
+    for g, w in zip(got, reference(ref_sign_momentum, thetas, 6), strict=True):
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=1e-15)
+    for p, state in opt.state.items():  # the state shown is the state the steps used
+        i = ps.index(p)
+        b = np.zeros_like(thetas[i])
+        theta = thetas[i]
+        for t in range(1, 7):
+            g = gradient(t, i, theta)
+            b = 0.5 * b + g
+            theta = theta - 0.01 * np.sign(b)
+        np.testing.assert_allclose(state["buffer"], b, rtol=RTOL)

@@ -111,8 +111,14 @@ class Bound:
 
     def update_host(self, data: Any, grad: Any, state: list[Any], s: tuple[Any, ...],
                     scratch: tuple[Any, ...]) -> None:
-        """NumPy in place; by default the array-API form."""
+        """NumPy in place; by default the array-API form, with any new state array it makes
+        copied back into the old one (flat state is views of one buffer: they must stay)."""
+        before = list(state)
         self.update_xp(data, grad, state, s, np)
+        for i, (old, new) in enumerate(zip(before, state, strict=True)):
+            if new is not old:
+                old[...] = new
+                state[i] = old
 
     def update_cuda(self, data: Any, grad: Any, state: list[Any], s: tuple[Any, ...]) -> None:
         """One fused CuPy kernel; by default the array-API form."""
