@@ -447,3 +447,25 @@ def test_asking_for_numba_without_it_warns_and_uses_numpy(monkeypatch):
     ps = ms.params(flat_model("host"))
     with pytest.warns(RuntimeWarning):
         train(optim.SGD(ps, lr=0.1), ps, 2)
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_each_rules_loop_is_its_numpy_form_even_uncompiled(rule):
+    """The loop a rule writes for numba is plain Python too (`prange` is ``range`` until
+    compiled): run as Python on float64 it equals the NumPy form bit for bit, with or
+    without numba installed."""
+    make, _ = RULES[rule]
+    opt = make([ms.Param(np.ones(7))])
+    part = opt.parts[-1] if isinstance(opt, optim.OptimizerChain) else opt
+    rng = np.random.default_rng(3)
+    data, grad = rng.uniform(-1, 1, 7), rng.uniform(-1, 1, 7)
+    state = [rng.uniform(0.1, 1, 7) for _ in part.state_names]
+    for step in (1, 2, 5):
+        s = part.scalars(step)
+        want_data, want_state = data.copy(), [a.copy() for a in state]
+        part.update_host(want_data, grad, want_state, s, (np.empty(7),))
+        got_data, got_state = data.copy(), [a.copy() for a in state]
+        part.loop(got_data, grad, *got_state, *s)
+        np.testing.assert_array_equal(got_data, want_data)
+        for a, b in zip(got_state, want_state, strict=True):
+            np.testing.assert_array_equal(a, b)
