@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -257,6 +258,31 @@ class Param:
 
     __eq__ = object.__eq__
     __hash__ = object.__hash__
+
+    # --- optimizer's door ---
+    # What `modelsync.optim` needs of a Param, for a thousand Params at a time: no module
+    # outside this one reads a Param's fields.
+    def flat_store(self) -> Any:
+        """The `flat.FlatStore` whose buffer this Param views, or None."""
+        return self._store
+
+    @staticmethod
+    def grads_of(params: Sequence[Param]) -> list[Any]:
+        """Each Param's ``.grad`` (None where it has none), in one pass: a flat optimizer
+        step reads every member's gradient and a property call each would double its cost."""
+        return [p._grad for p in params]
+
+    @staticmethod
+    def open_for_update(*runs: Sequence[Param]) -> None:
+        """Ready every Param of ``runs`` for an in-place update of all of them, or raise and
+        mark none: every wrap-mode twin that is newer is pulled first (a refused pull raises
+        here), and only then is each linked Param marked as about to hold the newest values
+        (``writable()`` for all of them, all or nothing)."""
+        linked = [p for run in runs for p in run if p._link is not None]
+        for p in linked:
+            p._link.before_read(p)
+        for p in linked:
+            p._link.before_write(p, overwrite=True)  # (up to date: nothing left to pull)
 
 
 def _is_floating(array: Any) -> bool:

@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import modelsync as ms
-from modelsync import layers, optim
+from modelsync import kernels, layers, optim
 from modelsync.devices import device_of
 from modelsync.errors import ArgumentError, ArgumentTypeError
-from modelsync.optim import base as optim_base
+from modelsync.kernels import prange
+from modelsync.optim import kernel as optim_kernel
 from modelsync.transfers import copy_to
 
 SHAPES = [(3, 4), (5,)]
@@ -163,7 +164,7 @@ def test_numpy_fast_path_equals_array_api_path_exactly(rule, monkeypatch):
     make, _ = RULES[rule]
     fast_ps = make_params(initial(), ms.device("host"))
     fast = run(make(fast_ps), fast_ps, 30)
-    monkeypatch.setattr(optim.Optimizer, "_fast", False)
+    monkeypatch.setattr(optim_kernel, "HOST_FAST_PATH", False)
     slow_ps = make_params(initial(), ms.device("host"))
     slow = run(make(slow_ps), slow_ps, 30)
     for a, b in zip(fast, slow, strict=True):
@@ -188,13 +189,14 @@ def test_chunked_numpy_path_equals_whole_arrays_exactly(rule, monkeypatch):
             g = gradient(11, i, to_numpy(p.value))
             p.grad = np.asfortranarray(g) if g.ndim == 2 else g
         opt.step()
-        parts = opt.parts if isinstance(opt, optim.Chain) else (opt,)
-        chunked = any(slot.chunks for part in parts for slot in part._slots.values())
+        parts = opt.parts if isinstance(opt, optim.OptimizerChain) else (opt,)
+        chunked = any(isinstance(kernel, optim_kernel.ChunkedKernel) for part in parts
+                      for _, kernel in part._kernels.values())
         return run(opt, ps, 9, start=12), chunked
 
     whole, chunked = scenario()
     assert not chunked
-    monkeypatch.setattr(optim_base, "CHUNK", 2)  # (3, 4) -> 6 chunks, (5,) -> 3 (last of 1)
+    monkeypatch.setattr(optim_kernel, "CHUNK", 2)  # (3, 4) -> 6 chunks, (5,) -> 3 (last of 1)
     got, chunked = scenario()
     assert chunked
     for a, b in zip(got, whole, strict=True):
@@ -751,3 +753,156 @@ def test_clip_norm_spreads_a_nan_gradient_on_the_host_like_torch():
     q.grad = np.ones(3, np.float32)
     optim.ClipNorm([p, q], max_norm=0.5).step()
     assert np.isnan(q.grad).all()
+
+
+# -- a refused step changes nothing (issue 12) --------------------------------------------------
+def _stale_original(flat: bool):
+    """A host original wrapped on sim:1 whose wrapper trained its last layer only: the
+    original is stale for layers.1.* and current for layers.0.*."""
+    original = layers.Chain(layers.Dense(3, 4, dtype="float64", seed=0),
+                            layers.Dense(4, 2, dtype="float64", seed=1))
+    if flat:
+        original = ms.to_device(original, "host")
+    wrapper = ms.to_device(original, "sim:1", mode="wrap")
+    last = [p for path, p in ms.named_params(wrapper).items() if path.startswith("layers.1")]
+    for p in last:
+        p.grad = ms.to_device(np.full(p.shape, 0.5), "sim:1")
+    optim.SGD(last, lr=0.1).step()
+    return original, wrapper
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("rule", ["Adam", "Momentum", "chain(WeightDecay, Momentum)"])
+def test_a_step_refused_by_the_guard_changes_nothing(flat, rule):
+    make, update = RULES[rule]
+    original, wrapper = _stale_original(flat)
+    ps = ms.params(original)
+    opt = make(ps)
+    grads = [np.linspace(-1.0, 1.0, p.size).reshape(p.shape) for p in ps]
+    for p, g in zip(ps, grads, strict=True):
+        p.grad = g.copy()
+    with ms.transfer_guard("disallow"), pytest.raises(ms.TransferError):
+        opt.step()
+    assert opt.state == {} and opt.state_dict() == make(ps).state_dict()
+    for p, g in zip(ps, grads, strict=True):
+        np.testing.assert_array_equal(p.grad, g)  # a transform did not run either
+    # what the original should hold now: the wrapper's values (the pull it still owes)
+    current = [to_numpy(p.value) for p in ms.params(wrapper)]
+    for p, want in zip(ps, current, strict=True):
+        np.testing.assert_array_equal(to_numpy(p.value), want)
+    opt.step()  # allowed: the first step of the trajectory, with the first bias correction
+    for p, x, g in zip(ps, current, grads, strict=True):
+        np.testing.assert_allclose(p.value, update(x, g, {}, 1), rtol=RTOL, atol=0)
+
+
+# -- names --------------------------------------------------------------------------------------
+def test_the_old_chain_name_warns_and_gives_the_new_class():
+    with pytest.warns(DeprecationWarning, match="use optim.OptimizerChain"):
+        old = optim.Chain
+    assert old is optim.OptimizerChain
+    p = ms.Param(np.ones(2))
+    made = optim.chain(optim.ClipValue([p], 1.0), optim.SGD([p], 0.1))
+    assert isinstance(made, optim.OptimizerChain) and made.state_dict()["type"] == "Chain"
+    with pytest.raises(AttributeError, match="no attribute 'Chian'"):
+        optim.Chian  # noqa: B018 - a typo is still an AttributeError
+
+
+def test_transforms_are_gradient_transforms_not_optimizers():
+    ps = [ms.Param(np.ones(2))]
+    for transform in (optim.WeightDecay(ps, 0.1), optim.ClipNorm(ps, 1.0),
+                      optim.ClipValue(ps, 1.0)):
+        assert isinstance(transform, optim.GradientTransform)
+        assert not isinstance(transform, optim.Optimizer)
+    assert isinstance(optim.Adam(ps), optim.Optimizer)
+
+
+# -- a new rule is one class: the engine knows no rule by name -----------------------------------
+class SignMomentum(optim.Optimizer):
+    """A rule written only as its maths (array API and a numba loop): ``b = mu b + g``,
+    ``p -= lr * sign(b)``."""
+
+    lr = optim.restrict_range("[0, ∞)")
+    mu = optim.restrict_range("[0, 1)")
+    state_names = ("buffer",)
+
+    def __init__(self, params, lr: float = 0.01, mu: float = 0.5) -> None:
+        super().__init__(params, lr=lr, mu=mu)
+
+    def scalars(self, step):
+        return (self.lr, self.mu)
+
+    def update_xp(self, data, grad, state, s, xp):
+        lr, mu = s
+        state[0] = mu * state[0] + grad
+        data -= lr * xp.sign(state[0])
+
+    @staticmethod
+    def loop(p, g, b, lr, mu):
+        for i in prange(p.shape[0]):
+            b[i] = mu * b[i] + g[i]
+            p[i] = p[i] - lr * np.sign(b[i])
+
+
+def ref_sign_momentum(theta, g, state, t):
+    state["b"] = 0.5 * state.get("b", np.zeros_like(theta)) + g
+    return theta - 0.01 * np.sign(state["b"])
+
+
+@pytest.mark.parametrize("kernels_env", ["auto", "numpy"])
+def test_a_rule_written_as_maths_only_gets_the_whole_engine(dev, kernels_env, monkeypatch):
+    monkeypatch.setenv("MODELSYNC_KERNELS", kernels_env)
+    ps = make_params(initial(), dev)
+    opt = SignMomentum(ps)
+    got = run(opt, ps, 20)
+    for g, w in zip(got, reference(ref_sign_momentum, initial(), 20), strict=True):
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=1e-15)
+    assert opt.hyper == {"lr": 0.01, "mu": 0.5} and opt.state[ps[0]]["step"] == 20
+    compiled = dev.kind == "host" and kernels_env == "auto" and kernels.backend() == "numba"
+    assert compiled == any(isinstance(k, optim_kernel.CompiledKernel)
+                           for _, k in opt._kernels.values())
+    flat = ms.params(ms.to_device(layers.Chain(layers.Dense(3, 4, dtype="float64", seed=0)),
+                                  dev))
+    flat_opt = SignMomentum(flat)
+    for p in flat:
+        p.grad = copy_to(np.full(p.shape, 0.25), dev, reason="test")
+    flat_opt.step()
+    assert flat_opt.flat_groups == 1
+    again = SignMomentum(flat)
+    again.load_state_dict(flat_opt.state_dict())
+    assert again.state_dict()["state"]["layers.0.weight"]["step"] == 1
+
+
+def test_a_rule_passing_other_hyperparameters_than_it_declares_is_told_which():
+    class Typo(optim.Optimizer):
+        lr = optim.restrict_range("[0, ∞)")
+
+        def __init__(self, params) -> None:
+            super().__init__(params, learning_rate=0.1)
+
+    with pytest.raises(ArgumentTypeError, match=r"\['learning_rate'\].*are \['lr'\]"):
+        Typo([ms.Param(np.ones(2))])
+
+
+def test_a_rule_without_an_in_place_host_form_keeps_flat_state_true(monkeypatch):
+    monkeypatch.setenv("MODELSYNC_KERNELS", "numpy")  # update_host: the array-API default
+    from modelsync.optim import flatgroup
+
+    monkeypatch.setattr(flatgroup, "LARGE", 4)  # several segments over one state buffer
+    model = ms.to_device(layers.Chain(layers.Dense(3, 4, dtype="float64", seed=0),
+                                      layers.Dense(4, 2, dtype="float64", seed=1)), "host")
+    ps = ms.params(model)
+    opt = SignMomentum(ps)
+    thetas = [to_numpy(p.value) for p in ps]
+    got = run(opt, ps, 6)
+    assert opt.flat_groups == 1 and len(opt._plan.groups[0].segments) > 1
+    for g, w in zip(got, reference(ref_sign_momentum, thetas, 6), strict=True):
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=1e-15)
+    for p, state in opt.state.items():  # the state shown is the state the steps used
+        i = ps.index(p)
+        b = np.zeros_like(thetas[i])
+        theta = thetas[i]
+        for t in range(1, 7):
+            g = gradient(t, i, theta)
+            b = 0.5 * b + g
+            theta = theta - 0.01 * np.sign(b)
+        np.testing.assert_allclose(state["buffer"], b, rtol=RTOL)

@@ -22,8 +22,8 @@ from test_optim import RULES, gradient, reference
 import modelsync as ms
 from modelsync import kernels, optim
 from modelsync.devices import device_of
-from modelsync.optim import base as optim_base
 from modelsync.optim import flatgroup
+from modelsync.optim import kernel as optim_kernel
 from modelsync.transfers import copy_to
 
 SHAPES = [(3, 4), (5,), (2, 3, 2), (), (7,), (4, 4)]
@@ -102,9 +102,9 @@ def test_flat_trajectory_equals_per_param(dev, rule, segments):
     assert_same(flat, single)
     for got, want in zip(flat, reference(update, thetas(), STEPS), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
-    parts = flat_opt.parts if isinstance(flat_opt, optim.Chain) else (flat_opt,)
+    parts = flat_opt.parts if isinstance(flat_opt, optim.OptimizerChain) else (flat_opt,)
     assert parts[-1].flat_groups == 1  # the rule (not a transform) went flat
-    singles = single_opt.parts if isinstance(single_opt, optim.Chain) else (single_opt,)
+    singles = single_opt.parts if isinstance(single_opt, optim.OptimizerChain) else (single_opt,)
     assert singles[-1].flat_groups == 0
 
 
@@ -186,14 +186,17 @@ def test_numba_equals_numpy_bit_for_bit(rule, dtype, monkeypatch):
     compiled_ps = ms.params(flat_model("host", dtype, shapes))
     compiled_opt = make(compiled_ps)
     compiled = train(compiled_opt, compiled_ps, 6)
-    part = compiled_opt.parts[-1] if isinstance(compiled_opt, optim.Chain) else compiled_opt
-    assert all(s.slot.kernel == part._update_compiled for s in part._plan.groups[0].segments)
+    chained = isinstance(compiled_opt, optim.OptimizerChain)
+    part = compiled_opt.parts[-1] if chained else compiled_opt
+    assert all(isinstance(s.kernel, optim_kernel.CompiledKernel)
+               for s in part._plan.groups[0].segments)
     monkeypatch.setenv(kernels.ENV, "numpy")
     numpy_ps = ms.params(flat_model("host", dtype, shapes))
     numpy_opt = make(numpy_ps)
-    part = numpy_opt.parts[-1] if isinstance(numpy_opt, optim.Chain) else numpy_opt
+    part = numpy_opt.parts[-1] if isinstance(numpy_opt, optim.OptimizerChain) else numpy_opt
     got = train(numpy_opt, numpy_ps, 6)
-    assert all(s.slot.kernel != part._update_compiled for s in part._plan.groups[0].segments)
+    assert not any(isinstance(s.kernel, optim_kernel.CompiledKernel)
+                   for s in part._plan.groups[0].segments)
     assert_same(compiled, got)
 
 
@@ -209,7 +212,7 @@ def test_kernels_env_var_forces_numpy_and_bad_values_warn(monkeypatch):
 def test_a_kernel_that_fails_to_compile_falls_back_to_numpy(monkeypatch):
     module = kernels.host_kernels()
     monkeypatch.setattr(kernels, "_loaded", dict(kernels._loaded))  # disable() edits a copy
-    monkeypatch.setattr(optim_base, "_READY", set())
+    monkeypatch.setattr(optim_kernel, "_READY", set())
 
     def broken(*args, **kwargs):
         raise RuntimeError("no LLVM today")
@@ -338,8 +341,8 @@ def test_missing_gradient_falls_back_to_per_param(dev, rule):
     single_ps = ms.params(per_param_model(dev))
     single_opt = make(single_ps)
     assert_same(got, train(single_opt, single_ps, 8, skip=skip))
-    steps = [flat_opt._slots[p].step for p in flat_ps]
-    assert steps == [single_opt._slots[p].step for p in single_ps] == [7, 7, 8, 8, 7, 8]
+    steps = [flat_opt._step_of(p) for p in flat_ps]
+    assert steps == [single_opt._step_of(p) for p in single_ps] == [7, 7, 8, 8, 7, 8]
     assert flat_opt.flat_groups == 0  # step counts differ now: Param by Param from here on
 
 
@@ -444,3 +447,25 @@ def test_asking_for_numba_without_it_warns_and_uses_numpy(monkeypatch):
     ps = ms.params(flat_model("host"))
     with pytest.warns(RuntimeWarning):
         train(optim.SGD(ps, lr=0.1), ps, 2)
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_each_rules_loop_is_its_numpy_form_even_uncompiled(rule):
+    """The loop a rule writes for numba is plain Python too (`prange` is ``range`` until
+    compiled): run as Python on float64 it equals the NumPy form bit for bit, with or
+    without numba installed."""
+    make, _ = RULES[rule]
+    opt = make([ms.Param(np.ones(7))])
+    part = opt.parts[-1] if isinstance(opt, optim.OptimizerChain) else opt
+    rng = np.random.default_rng(3)
+    data, grad = rng.uniform(-1, 1, 7), rng.uniform(-1, 1, 7)
+    state = [rng.uniform(0.1, 1, 7) for _ in part.state_names]
+    for step in (1, 2, 5):
+        s = part.scalars(step)
+        want_data, want_state = data.copy(), [a.copy() for a in state]
+        part.update_host(want_data, grad, want_state, s, (np.empty(7),))
+        got_data, got_state = data.copy(), [a.copy() for a in state]
+        part.loop(got_data, grad, *got_state, *s)
+        np.testing.assert_array_equal(got_data, want_data)
+        for a, b in zip(got_state, want_state, strict=True):
+            np.testing.assert_array_equal(a, b)

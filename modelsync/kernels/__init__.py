@@ -1,12 +1,15 @@
-"""Compiled host kernels for the optimizer rules, loaded on first use and never at import.
+"""How the optimizer rules' kernels run: numba for the host loops, CuPy for the GPU (`cuda`).
 
-The optimizers' NumPy path makes one pass over memory per operation (ten-odd for Adam);
-a compiled loop makes one pass in all, on every core. `host_kernels()` gives the numba
-kernels module when numba is installed and works, else None, and the optimizers then keep
-their NumPy in-place path. ``MODELSYNC_KERNELS=numpy`` forces the NumPy path (tests compare
-the two), ``numba`` asks for numba and warns if it cannot be had, ``auto`` (the default)
-uses numba when it can. Kernels compile on their first call, or load from numba's on-disk
-cache (``cache=True``), so only the first optimizer step pays.
+A rule writes its host loop as a plain function over 1-D arrays next to its other forms
+(`modelsync.optim.rules`), with `prange` (from here: plain ``range`` until compiled) for the
+loop over elements. The optimizers' NumPy path makes one pass over memory per operation
+(ten-odd for Adam); the compiled loop makes one pass in all, on every core.
+`host_kernels()` gives the module that compiles and runs the loops (`_numba`) when numba is
+installed and works, else None, and the optimizers then keep their NumPy in-place path.
+``MODELSYNC_KERNELS=numpy`` forces the NumPy path (tests compare the two), ``numba`` asks
+for numba and warns if it cannot be had, ``auto`` (the default) uses numba when it can.
+Kernels compile on their first call, or load from numba's on-disk cache (``cache=True``),
+so only the first optimizer step pays.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from types import ModuleType
 #: The environment variable that picks the host kernels: "auto", "numba" or "numpy".
 ENV = "MODELSYNC_KERNELS"
 CHOICES = ("auto", "numba", "numpy")
+
+#: What a rule's loop calls its parallel loop over elements: plain ``range`` in Python (so the
+#: loop also runs, slowly, without numba); compiled, it is ``numba.prange``.
+prange = range
 
 _loaded: dict[str, ModuleType | None] = {}
 _why: dict[str, str] = {}

@@ -1,4 +1,5 @@
-"""``chain(a, b, ...)``: optimizers run one after another each step (a transform, then a rule)."""
+"""``chain(a, b, ...)``: optimizers and gradient transforms run one after another each step
+(transforms, then a rule), as one optimizer: an `OptimizerChain`."""
 
 from __future__ import annotations
 
@@ -6,38 +7,50 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ArgumentError, ArgumentTypeError
-from .base import Optimizer, _exact_keys, _mapping
+from . import statedict
+from .bound import Bound
+from .optimizer import Optimizer
+from .transform import GradientTransform
 
 
-class Chain(Optimizer):
-    """Several optimizers as one: ``step`` runs each part's ``step`` in order; ``zero_grad``,
-    ``state_dict`` and ``load_state_dict`` go over the parts. Built by `chain`."""
+class OptimizerChain(Bound):
+    """Several optimizers and transforms as one: ``step`` prepares every part, then runs
+    each part's update in order (so a refused transfer in any part changes nothing);
+    ``zero_grad``, ``state_dict`` and ``load_state_dict`` go over the parts. Built by
+    `chain`. (Not `layers.Chain`, which chains layers.)"""
 
-    def __init__(self, *parts: Optimizer) -> None:
+    def __init__(self, *parts: Optimizer | GradientTransform | OptimizerChain) -> None:
         if not parts:
             raise ArgumentError(
                 "chain() needs at least one optimizer, e.g. optim.chain(optim.ClipNorm(ps, 1.0), "
                 "optim.Adam(ps))")
         for i, part in enumerate(parts):
             _check_part(i, part)
-        self.parts: tuple[Optimizer, ...] = parts
-        self._params, self._paths = [], []
-        seen: set[int] = set()
+        self.parts: tuple[Bound, ...] = parts
+        params, paths, seen = [], [], set()
         for part in parts:
-            for p, path in zip(part._params, part._paths, strict=True):
+            for p, path in zip(part.params, part.paths, strict=True):
                 if id(p) not in seen:
                     seen.add(id(p))
-                    self._params.append(p)
-                    self._paths.append(path)
-        self._slots = {}
+                    params.append(p)
+                    paths.append(path)
+        super().__init__(params, paths=paths)
+
+    @property
+    def type_name(self) -> str:
+        return "Chain"  # what state_dicts saved before the rename say
 
     def __repr__(self) -> str:
         return f"chain({', '.join(repr(p) for p in self.parts)})"
 
-    def step(self) -> None:
-        """Run each part's step, in order."""
-        for part in self.parts:
-            part.step()
+    def _prepare_step(self) -> Callable[[], None]:
+        commits = [part._prepare_step() for part in self.parts]
+
+        def commit() -> None:
+            for run in commits:
+                run()
+
+        return commit
 
     def zero_grad(self) -> None:
         for part in self.parts:
@@ -58,14 +71,12 @@ class Chain(Optimizer):
                 "parts": [part.state_dict() for part in self.parts]}
 
     def _prepare_load(self, sd: Any, where: str = "state_dict") -> Callable[[], None]:
-        sd = _mapping(sd, where)
-        _exact_keys(sd, ("type", "hyper", "state", "parts"), where)
-        if sd["type"] != self.type_name:
-            raise ArgumentError(
-                f"{where}['type'] is {sd['type']!r} but this optimizer is a {self.type_name}; "
-                "load a state_dict saved from an optim.chain of the same parts")
+        sd = statedict.mapping(sd, where)
+        statedict.exact_keys(sd, ("type", "hyper", "state", "parts"), where)
+        statedict.check_type(sd["type"], self.type_name, where,
+                             "load a state_dict saved from an optim.chain of the same parts")
         for key in ("hyper", "state"):
-            if _mapping(sd[key], f"{where}[{key!r}]"):
+            if statedict.mapping(sd[key], f"{where}[{key!r}]"):
                 raise ArgumentError(f"{where}[{key!r}] must be empty for a Chain")
         parts = sd["parts"]
         if isinstance(parts, (str, bytes, Mapping)) or not isinstance(parts, (list, tuple)):
@@ -85,9 +96,9 @@ class Chain(Optimizer):
 
 
 def _check_part(index: int, part: Any) -> None:
-    if isinstance(part, Optimizer):
+    if isinstance(part, Bound):
         return
-    if isinstance(part, type) and issubclass(part, Optimizer):
+    if isinstance(part, type) and issubclass(part, Bound):
         raise ArgumentTypeError(
             f"chain part {index} is the class {part.__name__}, not an optimizer; build it with "
             f"its Params: optim.{part.__name__}(ms.params(model), ...)")
@@ -100,10 +111,10 @@ def _check_part(index: int, part: Any) -> None:
         "optim.WeightDecay(ps, 1e-4) or optim.SGD(ps, lr=0.1)")
 
 
-def chain(*parts: Optimizer) -> Chain:
+def chain(*parts: Optimizer | GradientTransform | OptimizerChain) -> OptimizerChain:
     """One optimizer that runs ``parts[0].step()``, then ``parts[1].step()``, ... each step.
 
     ``chain(WeightDecay(ps, 1e-4), Momentum(ps, lr=0.01, momentum=0.9))`` equals torch
     ``SGD(lr=0.01, momentum=0.9, weight_decay=1e-4)``.
     """
-    return Chain(*parts)
+    return OptimizerChain(*parts)

@@ -1,77 +1,79 @@
-"""Gradient transforms: they change each bound Param's ``.grad`` in place and leave the Param
-alone, so they compose in front of a rule with `chain` (WeightDecay, ClipNorm, ClipValue)."""
+"""The gradient transforms' maths: WeightDecay, ClipValue (per Param, every form side by side)
+and ClipNorm (one factor for all bound gradients, so a step of its own)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-from ..params import Param
-from ..transfers import copy_to
-from ..xp import namespace
-from ._cuda import elementwise
-from .base import Optimizer, Slot, on_device
-from .ranges import restrict_range
+from ...kernels.cuda import Elementwise
+from ...params import Param
+from ...transfers import copy_to
+from ...xp import namespace
+from ..ranges import restrict_range
+from ..transform import GradientTransform
 
 #: Added to the norm before dividing, as torch.nn.utils.clip_grad_norm_ does.
 CLIP_NORM_EPS = 1e-6
+_WEIGHT_DECAY = Elementwise("weight_decay", "T param, T decay", "T grad",
+                            "grad += decay * param;")
 
 
-class WeightDecay(Optimizer):
+class WeightDecay(GradientTransform):
     """L2 weight decay as torch SGD applies it: ``g += decay * p``."""
 
     decay = restrict_range("[0, ∞)")
-    hyper_names = ("decay",)
-    access = "read"
+    reads_params = True
 
     def __init__(self, params: Iterable[Param], decay: float) -> None:
-        self.decay = decay
-        super().__init__(params)
+        super().__init__(params, decay=decay)
 
-    def _update_xp(self, value: Any, grad: Any, slot: Slot) -> None:
-        grad += self.decay * value
+    def scalars(self, step: int) -> tuple[float]:
+        return (self.decay,)
 
-    def _update_host(self, value: Any, grad: Any, slot: Slot) -> None:
-        (tmp,) = slot.scratch
-        np.multiply(value, self.decay, out=tmp)
+    def update_xp(self, value: Any, grad: Any, state: list[Any], s: tuple, xp: Any) -> None:
+        grad += s[0] * value
+
+    def update_host(self, value: Any, grad: Any, state: list[Any], s: tuple,
+                    scratch: tuple) -> None:
+        (tmp,) = scratch
+        np.multiply(value, s[0], out=tmp)
         grad += tmp
 
-    def _update_cuda(self, value: Any, grad: Any, slot: Slot) -> None:
-        kernel = elementwise("weight_decay", "T param, T decay", "T grad", "grad += decay * param;")
-        with on_device(slot):
-            kernel(value, self.decay, grad)
+    def update_cuda(self, value: Any, grad: Any, state: list[Any], s: tuple) -> None:
+        _WEIGHT_DECAY(value, *s, grad)
 
 
-class ClipValue(Optimizer):
+class ClipValue(GradientTransform):
     """Clamp every gradient entry into ``[-limit, limit]`` (torch ``clip_grad_value_``)."""
 
     limit = restrict_range("(0, ∞)")
-    hyper_names = ("limit",)
-    access = "none"
     scratch_count = 0
 
     def __init__(self, params: Iterable[Param], limit: float) -> None:
-        self.limit = limit
-        super().__init__(params)
+        super().__init__(params, limit=limit)
 
-    def _update_xp(self, _: Any, grad: Any, slot: Slot) -> None:
-        grad[...] = slot.xp.clip(grad, min=-self.limit, max=self.limit)
+    def scalars(self, step: int) -> tuple[float]:
+        return (self.limit,)
 
-    def _update_host(self, _: Any, grad: Any, slot: Slot) -> None:
-        np.clip(grad, -self.limit, self.limit, out=grad)
+    def update_xp(self, _: Any, grad: Any, state: list[Any], s: tuple, xp: Any) -> None:
+        grad[...] = xp.clip(grad, min=-s[0], max=s[0])
 
-    def _update_cuda(self, _: Any, grad: Any, slot: Slot) -> None:
-        with on_device(slot):
-            import cupy  # cupy.clip runs one kernel; the compat clip(out=) masks on the host
+    def update_host(self, _: Any, grad: Any, state: list[Any], s: tuple,
+                    scratch: tuple) -> None:
+        np.clip(grad, -s[0], s[0], out=grad)
 
-            cupy.clip(grad, -self.limit, self.limit, out=grad)
+    def update_cuda(self, _: Any, grad: Any, state: list[Any], s: tuple) -> None:
+        import cupy  # cupy.clip runs one kernel; the compat clip(out=) masks on the host
+
+        cupy.clip(grad, -s[0], s[0], out=grad)
 
 
-class ClipNorm(Optimizer):
+class ClipNorm(GradientTransform):
     """Scale all bound gradients together so their global L2 norm is at most ``max_norm``
     (torch ``clip_grad_norm_``): ``g *= min(1, max_norm / (norm + 1e-6))``.
 
@@ -79,18 +81,19 @@ class ClipNorm(Optimizer):
     """
 
     max_norm = restrict_range("(0, ∞)")
-    hyper_names = ("max_norm",)
-    access = "none"
 
     def __init__(self, params: Iterable[Param], max_norm: float) -> None:
-        self.max_norm = max_norm
-        super().__init__(params)
+        super().__init__(params, max_norm=max_norm)
 
-    def step(self) -> None:
+    def _prepare_step(self) -> Callable[[], None]:
+        """Nothing to prepare: the norm is of the gradients as the step finds them (after
+        the transforms before this one in a chain)."""
+        return self._clip
+
+    def _clip(self) -> None:
         """Clip the gradients of the bound Params that have one, as one vector."""
         groups: dict[Any, list[Any]] = {}
-        for p in self._params:
-            grad = p.grad
+        for p, grad in zip(self._params, Param.grads_of(self._params), strict=True):
             if grad is not None:
                 groups.setdefault(p.device, []).append(grad)
         if not groups:

@@ -1,0 +1,181 @@
+"""What every optimizer, gradient transform and chain shares: the Params it is bound to, its
+hyperparameters, ``step()`` as prepare-then-commit, ``zero_grad()`` and the state_dict
+protocol. Rules build on `Optimizer`, transforms on `GradientTransform`.
+
+A step is two phases so that it does all it says or nothing (SPEC: a refused transfer
+changes nothing). ``_prepare_step()`` does everything that can fail (wrap-mode pulls, state
+that follows a moved Param, the transfer guard) and changes no value, gradient or state;
+the commit it returns does the arithmetic. A chain prepares every part before it commits
+any.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import ArgumentTypeError
+from ..params import Param
+from ..xp import namespace
+from . import statedict
+from .binding import bind_params
+from .kernel import Scalars
+from .ranges import restrict_range
+
+
+class Bound:
+    """Bound to Params at construction; ``step()`` / ``zero_grad()`` / ``state_dict()``.
+
+    ``params`` is any iterable of Params (``ms.params(model)``); a Param listed twice is
+    bound once. The hyperparameters are the class's `restrict_range` attributes, in the
+    order they are declared (a subclass's after its base's), set from ``hyper``.
+    """
+
+    hyper_names: ClassVar[tuple[str, ...]] = ()
+    state_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "hyper_names" in vars(cls):  # declared by hand: kept as declared
+            return
+        names: list[str] = []
+        for klass in reversed(cls.__mro__):
+            names += [n for n, v in vars(klass).items()
+                      if isinstance(v, restrict_range) and n not in names]
+        cls.hyper_names = tuple(names)
+
+    def __init__(self, params: Iterable[Param], *, paths: Sequence[str] | None = None,
+                 **hyper: Any) -> None:
+        if set(hyper) != set(self.hyper_names):
+            raise ArgumentTypeError(
+                f"{type(self).__name__} passes hyperparameters {sorted(hyper)} to "
+                f"Optimizer.__init__; its restrict_range attributes are {list(self.hyper_names)}")
+        for name in self.hyper_names:  # checked first, as torch checks them
+            setattr(self, name, hyper[name])
+        self._params, self._paths = bind_params(params, paths)
+        self._scalars = Scalars(self.scalars)
+
+    # -- what it is bound to ---------------------------------------------------------------
+    @property
+    def params(self) -> tuple[Param, ...]:
+        """The bound Params, each once, in the order given."""
+        return tuple(self._params)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Each bound Param's key in state_dict: its model path, or its index as a string."""
+        return tuple(self._paths)
+
+    @property
+    def type_name(self) -> str:
+        """The name state_dict stores (and load_state_dict expects)."""
+        return type(self).__name__
+
+    @property
+    def hyper(self) -> dict[str, Any]:
+        """The hyperparameters, JSON-able (tuples become lists)."""
+        return {name: _jsonable(getattr(self, name)) for name in self.hyper_names}
+
+    @property
+    def state(self) -> dict[Param, dict[str, Any]]:
+        """Per-Param state keyed by Param (identity); none here."""
+        return {}
+
+    def __repr__(self) -> str:
+        hyper = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.hyper_names)
+        sep = ", " if hyper else ""
+        return f"{self.type_name}({hyper}{sep}params={len(self._params)})"
+
+    # -- the training-step API ---------------------------------------------------------------
+    def step(self) -> None:
+        """Apply one update to every bound Param that has a gradient; a step that cannot be
+        done (a transfer the guard refuses) raises and changes nothing."""
+        self._prepare_step()()
+
+    def _prepare_step(self) -> Callable[[], None]:
+        """Do what may fail and change nothing; return the commit that does the rest."""
+        raise NotImplementedError
+
+    def zero_grad(self) -> None:
+        """Forget every bound Param's gradient (``.grad = None``, PyTorch's default)."""
+        for p in self._params:
+            p.grad = None
+
+    # -- the maths' per-step numbers and default forms ---------------------------------------
+    def scalars(self, step: int) -> tuple[Any, ...]:
+        """The numbers every form of the maths takes at step ``step`` (1, 2, ...), computed
+        once per step on the host, in the order the compiled ``loop`` takes them."""
+        return ()
+
+    def update_host(self, data: Any, grad: Any, state: list[Any], s: tuple[Any, ...],
+                    scratch: tuple[Any, ...]) -> None:
+        """NumPy in place; by default the array-API form, with any new state array it makes
+        copied back into the old one (flat state is views of one buffer: they must stay)."""
+        before = list(state)
+        self.update_xp(data, grad, state, s, np)
+        for i, (old, new) in enumerate(zip(before, state, strict=True)):
+            if new is not old:
+                old[...] = new
+                state[i] = old
+
+    def update_cuda(self, data: Any, grad: Any, state: list[Any], s: tuple[Any, ...]) -> None:
+        """One fused CuPy kernel; by default the array-API form."""
+        self.update_xp(data, grad, state, s, namespace(grad))
+
+    def update_xp(self, data: Any, grad: Any, state: list[Any], s: tuple[Any, ...],
+                  xp: Any) -> None:
+        """The array-API form: the reference, and what the simulated device runs."""
+        raise NotImplementedError
+
+    # -- state_dict --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """``{"type", "hyper", "state": {path: {"step": int, name: host array}}}``; Params that
+        have no state yet are left out (as in torch)."""
+        return {"type": self.type_name, "hyper": self.hyper, "state": self._state_entries()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore hyperparameters and state from `state_dict`, each state array on its
+        Param's device. Everything is checked first: a bad dict raises ArgumentError naming
+        the first problem and changes nothing."""
+        self._prepare_load(state_dict)()
+
+    def _prepare_load(self, sd: Any, where: str = "state_dict") -> Callable[[], None]:
+        """Validate ``sd`` and copy its arrays to the devices; return the commit to run."""
+        sd = statedict.mapping(sd, where)
+        statedict.exact_keys(sd, ("type", "hyper", "state"), where)
+        statedict.check_type(sd["type"], self.type_name, where,
+                             f"load a state_dict saved from a {self.type_name}")
+        new_hyper = statedict.check_hyper(
+            type(self), self.hyper_names, statedict.mapping(sd["hyper"], f"{where}['hyper']"),
+            f"{where}['hyper']")
+        state = statedict.mapping(sd["state"], f"{where}['state']")
+        checked = statedict.check_entries(state, dict(zip(self._paths, self._params,
+                                                          strict=True)),
+                                          self.state_names, self.type_name, f"{where}['state']")
+        load_state = self._prepare_state_load(checked)
+
+        def commit() -> None:
+            for name, value in new_hyper.items():
+                setattr(self, name, value)
+            load_state()
+
+        return commit
+
+    def _state_entries(self) -> dict[str, Any]:
+        """state_dict's ``state``: ``{path: {"step": int, name: host array}}``."""
+        return {}
+
+    def _prepare_state_load(self, checked: list[tuple[Param, int, list[Any]]]
+                            ) -> Callable[[], None]:
+        """Copy checked entries to their Params' devices; return what installs them."""
+        return _nothing
+
+
+def _nothing() -> None:
+    return None
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
