@@ -262,10 +262,6 @@ class Param:
     # --- optimizer's door ---
     # What `modelsync.optim` needs of a Param, for a thousand Params at a time: no module
     # outside this one reads a Param's fields.
-    def flat_store(self) -> Any:
-        """The `flat.FlatStore` whose buffer this Param views, or None."""
-        return self._store
-
     @staticmethod
     def grads_of(params: Sequence[Param]) -> list[Any]:
         """Each Param's ``.grad`` (None where it has none), in one pass: a flat optimizer

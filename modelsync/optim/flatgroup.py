@@ -124,7 +124,7 @@ def runs(params: Sequence[Param]) -> tuple[list[tuple[FlatStore, list[Param], in
     index_of: dict[int, dict[int, int]] = {}
     rest: list[Param] = []
     for p in params:
-        store = p.flat_store()
+        store = p.flat_store
         if store is None or store.broken:
             rest.append(p)
             continue
