@@ -12,14 +12,13 @@ transfer_guard, a CoherenceError) leaves every model as it was.
 
 from __future__ import annotations
 
-import math
 import weakref
 from typing import Any
 
 import numpy as np
 
 from . import coherence, flat
-from .checks import as_float
+from .checks import match_check, soft_tau
 from .devices import HOST, Device, device, device_of, dtype_name, is_array
 from .errors import ArgumentError, CoherenceError, GraphMismatchError
 from .identity import IdentityMap
@@ -37,7 +36,6 @@ from .tree import (
 )
 
 MODES = ("copy", "move", "wrap")
-CHECKS = ("graph", "structure")
 
 
 def to_device(model: Any, device: Device | str = "auto", *, mode: str = "copy") -> Any:
@@ -146,9 +144,8 @@ def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
     """Copy ``src``'s parameter values into ``dst`` in place, across devices; with ``tau < 1``
     a soft update ``dst = tau*src + (1-tau)*dst``. Validates everything before writing, so a
     mismatch raises GraphMismatchError and leaves ``dst`` unchanged. Returns ``dst``."""
-    if check not in CHECKS:
-        raise ArgumentError(f"check={check!r} is not a sync check; expected one of {CHECKS}")
-    tau = _check_tau(tau)
+    match_check(check)
+    tau = soft_tau(tau)
     require_model(dst, "dst")
     require_model(src, "src")
     if dst is src:
@@ -168,13 +165,6 @@ def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
     for _, storage, values in staged:
         _write(storage, values, tau)
     return dst
-
-
-def _check_tau(tau: Any) -> float:
-    value = as_float("tau", tau)
-    if not (math.isfinite(value) and 0.0 < value <= 1.0):
-        raise ArgumentError(f"tau={tau!r} is outside (0, 1]")
-    return value
 
 
 def _matched_pairs(dst: Any, src: Any, check: str

@@ -319,7 +319,7 @@ def _rebuild_value(value: Any, on_param: Callable[[Param], Param], memo: dict[in
         if made is None:
             if kind is Param:
                 made = on_param(value)
-            else:  # a layer, made like construct() does, field by field
+            else:  # a layer, field by field, without running __init__
                 made = kind.__new__(kind)
                 for name in field_names(kind):
                     field = getattr(value, name)
@@ -333,15 +333,6 @@ def _rebuild_value(value: Any, on_param: Callable[[Param], Param], memo: dict[in
         items = [_rebuild_value(v, on_param, memo) for v in value]
         return kind(*items) if hasattr(value, "_fields") else kind(items)
     return value
-
-
-def construct(cls: type, fields: dict[str, Any]) -> Any:
-    """Make a layer from its field values without running ``__init__`` (no weights are
-    initialised, nothing from a file is executed)."""
-    node = cls.__new__(cls)
-    for name, value in fields.items():
-        object.__setattr__(node, name, value)
-    return node
 
 
 # -- moved models ---------------------------------------------------------------------------

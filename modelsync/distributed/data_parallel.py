@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import params as params_module
+from ..checks import match_check
 from ..devices import HOST, dtype_name
 from ..errors import ArgumentTypeError
 from ..params import Param
@@ -28,7 +29,7 @@ from ..xp import concat_flat
 from . import transport
 from .comm import Comm
 from .layout import on_device
-from .ops import check_check, gpu_bits, require_comm, run_agreed
+from .ops import gpu_bits, require_comm, run_agreed
 
 REASON = "DataParallel.step"
 #: On the host a gradient of at least this many elements is scaled straight into its place
@@ -57,7 +58,7 @@ class DataParallel:
         if isinstance(optimizer, DataParallel):
             raise ArgumentTypeError("optimizer is already a DataParallel; wrap it once")
         self.comm = require_comm(comm)
-        self.check = check_check(check)
+        self.check = match_check(check)
         self.optimizer = optimizer
         self._params: tuple[Param, ...] = tuple(bound)
         paths = getattr(optimizer, "paths", None)

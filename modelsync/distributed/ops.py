@@ -10,13 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..checks import as_float
 from ..errors import ArgumentError, ArgumentTypeError, ModelSyncError
 from . import nccl
 from .agree import Description, agree
 from .comm import Comm
 
-CHECKS = ("graph", "structure")
 #: What a local check may raise and still be carried into the agreement.
 LOCAL_ERRORS = (ModelSyncError, ValueError, TypeError, OSError)
 
@@ -38,19 +36,6 @@ def check_root(root: Any, comm: Comm) -> int:
         raise ArgumentError(f"root={root} is outside [0, {comm.size - 1}] (the ranks of this "
                             f"job of {comm.size})")
     return root
-
-
-def check_check(check: Any) -> str:
-    if check not in CHECKS:
-        raise ArgumentError(f"check={check!r} is not a check; expected one of {CHECKS}")
-    return check
-
-
-def check_tau(tau: Any) -> float:
-    value = as_float("tau", tau)
-    if not 0.0 < value <= 1.0:
-        raise ArgumentError(f"tau={tau!r} is outside (0, 1]")
-    return value
 
 
 def gpu_bits(comm: Comm, devices: list[Any]) -> int:

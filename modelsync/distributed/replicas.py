@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import match_check, soft_tau
 from ..devices import HOST, device_of, dtype_name
 from ..transfers import copy_to
 from . import transport
@@ -24,7 +25,7 @@ from .layout import (
     on_device,
     value_groups,
 )
-from .ops import check_check, check_root, check_tau, gpu_bits, require_comm, run_agreed
+from .ops import check_root, gpu_bits, require_comm, run_agreed
 
 
 def broadcast(model: Any, comm: Comm, *, root: int = 0, check: str = "graph") -> Any:
@@ -40,7 +41,7 @@ def broadcast(model: Any, comm: Comm, *, root: int = 0, check: str = "graph") ->
 
     def prepare() -> tuple[bytes, int]:
         check_root(root, comm)
-        check_check(check)
+        match_check(check)
         groups.extend(value_groups(distinct_params(model)))
         transport.check_guard(comm, _nbytes(groups), reason=reason, what="param",
                               where=_where(groups))
@@ -81,8 +82,8 @@ def sync(model: Any, comm: Comm, *, tau: float = 1.0, check: str = "graph") -> A
     blend = [1.0]
 
     def prepare() -> tuple[bytes, int]:
-        blend[0] = check_tau(tau)
-        check_check(check)
+        blend[0] = soft_tau(tau)
+        match_check(check)
         groups.extend(value_groups(distinct_params(model)))
         transport.check_guard(comm, _nbytes(groups), reason=reason, what="param",
                               where=_where(groups))

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import match_check
 from ..devices import HOST, Device, device_of, dtype_name
 from ..devices import device as to_device_spec
 from ..errors import (
@@ -44,8 +45,6 @@ from .modelfile import (
 from .names import Names, check_names, keyed_places
 from .optstate import check_optimizer, decode_state, encode_state
 from .sources import Source, file_source, mapping_source
-
-CHECKS = ("graph", "structure")
 
 
 def save(model: Any, path: Any, *, optimizer: Any = None,
@@ -120,8 +119,7 @@ def load_into(model: Any, source: Any, *, check: str = "graph",
     is written.
     """
     require_model(model)
-    if check not in CHECKS:
-        raise ArgumentError(f"check={check!r} is not a check; expected one of {CHECKS}")
+    match_check(check)
     if not isinstance(strict, bool):
         raise ArgumentTypeError(f"strict={strict!r} is a {type(strict).__name__}; expected "
                                 "True or False")

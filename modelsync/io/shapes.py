@@ -37,7 +37,7 @@ def _layer_norm(node: LayerNorm) -> Spec:
     return {"weight": ((node.dim,), node.dtype), "bias": ((node.dim,), node.dtype)}
 
 
-CHECKS: dict[type, Callable[[Any], Spec]] = {
+PARAM_SPECS: dict[type, Callable[[Any], Spec]] = {
     Dense: _dense, Embedding: _embedding, LayerNorm: _layer_norm}
 
 
@@ -46,7 +46,7 @@ def check_layers(model: Any) -> None:
     nodes = [("", model)] + [(path, node) for path, node in walk(model)
                              if not isinstance(node, Param)]
     for path, node in nodes:
-        check = CHECKS.get(type(node))
+        check = PARAM_SPECS.get(type(node))
         if check is None:
             continue
         where = f"architecture at {path or 'the root'}: {layer_name(node)}"
