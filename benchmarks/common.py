@@ -209,12 +209,14 @@ class Row:
 
 def ratio_row(what: str, ratio: float, at_most: float | None, details: str = "", *,
               stretch: float | None = None) -> Row:
-    """A ratio against a goal ``≤ at_most×`` (``None``: reported for information)."""
+    """A ratio against a goal ``≤ at_most×`` (``None``: reported for information). The goal
+    is judged on the ratio as the table shows it, so a row never reads "1.00×, NO"."""
     if at_most is None:
         return Row(what, ratio, "×", "info", "—", details)
     goal = f"≤ {at_most:g}×" + (f" (stretch {stretch:g}×)" if stretch is not None else "")
-    met = "yes" if ratio <= at_most else "NO"
-    if stretch is not None and ratio <= stretch:
+    shown = float(fmt_ratio(ratio))
+    met = "yes" if shown <= at_most else "NO"
+    if stretch is not None and shown <= stretch:
         met = "yes, stretch too"
     return Row(what, ratio, "×", goal, met, details)
 
@@ -237,6 +239,7 @@ def na_row(what: str, goal: str, why: str) -> Row:
 
 
 def goal_of(at_most: float | None, stretch: float | None = None) -> str:
+    """The goal text of a ratio row, for a row that could not be measured."""
     return ratio_row("", 0.0, at_most, stretch=stretch).goal
 
 

@@ -104,6 +104,8 @@ def test_the_ratio_is_the_median_of_the_per_turn_ratios():
 def test_goals_are_judged_and_unmeasured_rows_say_why():
     assert common.ratio_row("x", 0.04, 0.05).met == "yes"
     assert common.ratio_row("x", 0.06, 0.05).met == "NO"
+    assert common.ratio_row("x", 1.004, 1.0).met == "yes"  # shown as 1.00×: judged as shown
+    assert common.ratio_row("x", 1.006, 1.0).met == "NO"
     stretched = common.ratio_row("x", 0.02, 0.05, stretch=0.03)
     assert (stretched.goal, stretched.met) == ("≤ 0.05× (stretch 0.03×)", "yes, stretch too")
     assert common.ratio_row("x", 7.0, None).met == "—"
