@@ -5,6 +5,8 @@ Every number comes from fresh interpreters: the import as a ratio to ``import nu
 in turns with it), the first step in seconds (a one-time latency, reported), measured three
 ways: with numba's on-disk cache empty (a first run after installing: the kernels compile),
 with it filled (every later run) and with the NumPy path forced (``MODELSYNC_KERNELS=numpy``).
+With ``--tiny`` (the smoke test) the children's code runs in this process, once, at toy
+sizes: every line of it runs, in a fraction of a second, and no number means anything.
 """
 
 from __future__ import annotations
@@ -60,8 +62,6 @@ print(json.dumps({"first": first, "second": second, "backend": kernels.backend()
 """
 
 
-INLINE = False  # set for --tiny: see fresh()
-
 BARE = """
 import sys, time
 start = time.perf_counter()
@@ -72,11 +72,11 @@ print(json.dumps({"seconds": seconds}))
 """
 
 
-def fresh(code: str, env: dict[str, str] | None = None) -> dict:
-    """Run ``code`` in a new interpreter and return the JSON it prints. With ``INLINE`` set
-    (toy runs: the smoke test) it runs in this process instead: every line of it still runs,
-    but nothing it measures means anything."""
-    if INLINE:
+def fresh(code: str, env: dict[str, str] | None = None, *, inline: bool = False) -> dict:
+    """Run ``code`` in a new interpreter and return the JSON it prints. ``inline`` (toy runs:
+    the smoke test) runs it in this process instead: every line of it still runs, but
+    nothing it measures means anything."""
+    if inline:
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             exec(code, {"__name__": "bench_child"})
@@ -86,21 +86,23 @@ def fresh(code: str, env: dict[str, str] | None = None) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def median_run(code: str, key: str, repeat: int, env: dict[str, str] | None = None) -> dict:
+def median_run(code: str, key: str, repeat: int, env: dict[str, str] | None = None, *,
+               inline: bool = False) -> dict:
     """The run whose ``key`` is the median of ``repeat`` fresh interpreters (the lower
     middle one for an even count)."""
-    runs = sorted((fresh(code, env) for _ in range(repeat)), key=lambda r: r[key])
+    runs = sorted((fresh(code, env, inline=inline) for _ in range(repeat)),
+                  key=lambda r: r[key])
     return runs[(len(runs) - 1) // 2]
 
 
-def import_row(repeat: int) -> Row:
+def import_row(repeat: int, inline: bool) -> Row:
     """``import modelsync`` against ``import numpy`` (which it needs anyway), fresh
     interpreters in turns: the ratio is what modelsync adds; the goal is that it compiles
     nothing (numba is imported by the first step, not by the import)."""
     ours, bare, numba = [], [], False
     for _ in range(repeat):
-        bare.append(fresh(BARE)["seconds"])
-        run = fresh(IMPORT)
+        bare.append(fresh(BARE, inline=inline)["seconds"])
+        run = fresh(IMPORT, inline=inline)
         ours.append(run["seconds"])
         numba = numba or run["numba"] or run["kernels"]
     ratio = statistics.median(o / b for o, b in zip(ours, bare, strict=True))
@@ -110,13 +112,13 @@ def import_row(repeat: int) -> Row:
                f"numba imported: {numba}")
 
 
-def first_step_rows(size: int, label: str, repeat: int) -> Iterator[Row]:
+def first_step_rows(size: int, label: str, repeat: int, inline: bool) -> Iterator[Row]:
     code = FIRST_STEP.replace("{size}", str(size))
     with tempfile.TemporaryDirectory(prefix="modelsync-numba-cache-") as cache:
         env = {"NUMBA_CACHE_DIR": cache}
-        cold = fresh(code, env)  # the only run with an empty cache
-        warm = median_run(code, "first", repeat, env)
-    numpy = median_run(code, "first", repeat, {"MODELSYNC_KERNELS": "numpy"})
+        cold = fresh(code, env, inline=inline)  # the only run with an empty cache
+        warm = median_run(code, "first", repeat, env, inline=inline)
+    numpy = median_run(code, "first", repeat, {"MODELSYNC_KERNELS": "numpy"}, inline=inline)
     for run, how in ((cold, "numba cache empty (first run after install)"),
                      (warm, f"numba cache filled (every later run), median of {repeat}"),
                      (numpy, f"MODELSYNC_KERNELS=numpy, median of {repeat}")):
@@ -125,14 +127,12 @@ def first_step_rows(size: int, label: str, repeat: int) -> Iterator[Row]:
 
 
 def rows(settings: Settings) -> Iterator[Row]:
-    global INLINE
-    INLINE = settings.tiny
-    repeat = 1 if settings.tiny else 5
-    yield import_row(repeat)
-    yield from first_step_rows(0, "demo MLP (serial loop)", repeat)
+    repeat, inline = (1, True) if settings.tiny else (5, False)
+    yield import_row(repeat, inline)
+    yield from first_step_rows(0, "demo MLP (serial loop)", repeat, inline)
     size = 4000 if settings.tiny else 10**6
     yield from first_step_rows(size, f"{size:.0e} float32 in 4 arrays (parallel loop)".replace(
-        "e+0", "e"), repeat)
+        "e+0", "e"), repeat, inline)
 
 
 if __name__ == "__main__":
