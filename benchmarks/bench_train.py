@@ -5,39 +5,60 @@ The model, data and optimizer are the demo's (modelsync/demo.py): Dense(64, 128,
 Dense(128, 10) in float32, Adam(lr=3e-3), batches of 32 from the 1,437 digits training
 images (45 steps). modelsync trains a model made by ``ms.to_device(model, "host")`` (as the
 demo does on its device) with ``ms.train``; torch trains an ``nn.Sequential`` holding the
-same initial values, with its fastest Adam. Both are timed in alternation, best of N.
+same initial values, with each Adam it has on the CPU. All are timed in turns; a row is the
+median of the per-turn ratios to torch's fastest.
 """
 
 from __future__ import annotations
 
-import argparse
-import time
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-import numpy as np
-import torch
-from common import row
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import modelsync as ms
-from modelsync import demo, kernels, losses, optim
-from modelsync.datasets import load_digits
+import numpy as np  # noqa: E402
+from common import (  # noqa: E402
+    NO_TORCH,
+    Row,
+    Settings,
+    compared,
+    goal_of,
+    in_turns,
+    main,
+    na_row,
+    optional_torch,
+)
+
+import modelsync as ms  # noqa: E402
+from modelsync import demo, losses, optim  # noqa: E402
+from modelsync.datasets import load_digits  # noqa: E402
+
+torch = optional_torch()
 
 
-def ms_epoch(dev: str, mode: str = "copy") -> tuple[Callable[[], list[float]], object]:
+def batch_count(settings: Settings) -> int | None:
+    """How many of the epoch's batches to run: all (None), or two for the smoke test."""
+    return 2 if settings.tiny else None
+
+
+def ms_epoch(dev: str, mode: str = "copy", steps: int | None = None
+             ) -> tuple[Callable[[], list[float]], object]:
     """A function that trains one epoch of the demo on ``dev``, and the model it trains."""
     x, y, _, _ = load_digits()
     model = ms.to_device(demo.build_model(0), dev, mode=mode)
-    batches = demo.device_batches(ms.to_device(x, dev), ms.to_device(y, dev), demo.BATCH_SIZE)
+    batches = demo.device_batches(ms.to_device(x, dev), ms.to_device(y, dev),
+                                  demo.BATCH_SIZE)[:steps]
     opt = optim.Adam(ms.params(model), lr=demo.LEARNING_RATE)
     return (lambda: ms.train(model, batches, losses.cross_entropy, opt, progress=False)), model
 
 
-def torch_epochs() -> dict[str, Callable[[], list[float]]]:
+def torch_epochs(steps: int | None = None) -> dict[str, Callable[[], list[float]]]:
     """The same epoch in torch, with each Adam implementation torch has on the CPU."""
     x, y, _, _ = load_digits()
     host = demo.build_model(0)
     batches = [(torch.from_numpy(np.ascontiguousarray(bx)), torch.from_numpy(by))
-               for bx, by in demo.device_batches(x, y, demo.BATCH_SIZE)]
+               for bx, by in demo.device_batches(x, y, demo.BATCH_SIZE)[:steps]]
     loss_fn = torch.nn.CrossEntropyLoss()
     epochs = {}
     for label, extra in (("fused", {"fused": True}), ("foreach", {"foreach": True})):
@@ -63,73 +84,53 @@ def torch_epochs() -> dict[str, Callable[[], list[float]]]:
     return epochs
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Best seconds per call of each function, timed in turns, each turn after one untimed
-    call (so the other library's OpenMP threads have stopped spinning)."""
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            fn()
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
-def first_epoch_losses_agree() -> float:
+def first_epoch_losses_agree(steps: int | None) -> float:
     """The largest difference between modelsync's and torch's losses over a first epoch
     from the same initial values (a check that both train the same thing)."""
-    ours = ms_epoch("host")[0]()
-    theirs = torch_epochs()["torch Adam foreach"]()
+    ours = ms_epoch("host", steps=steps)[0]()
+    theirs = torch_epochs(steps)["torch Adam foreach"]()
     return float(np.max(np.abs(np.asarray(ours) - np.asarray(theirs))))
 
 
-def ledger_rows() -> list[str]:
-    """Bytes moved per training step in each mode, from ms.track_transfers()."""
-    lines = []
+def epoch_rows(settings: Settings) -> Iterator[Row]:
+    steps = batch_count(settings)
+    what = "demo training epoch (45 Adam steps), modelsync host"
+    if torch is None:
+        yield na_row(what + " vs torch Adam", goal_of(1.0), NO_TORCH)
+        yield na_row("demo training epoch on sim:1 (array_api_strict) vs torch Adam",
+                     goal_of(None), NO_TORCH)
+        return
+    diff = first_epoch_losses_agree(steps)
+    timings = in_turns({**torch_epochs(steps), "modelsync host": ms_epoch("host", steps=steps)[0],
+                        "modelsync sim:1": ms_epoch("sim:1", steps=steps)[0]}, settings)
+    fastest = timings.fastest("torch ")
+    others = timings.describe(*(n for n in timings.samples
+                                if n not in ("modelsync host", fastest)))
+    yield compared(f"{what} vs {fastest}", timings, "modelsync host", fastest, 1.0,
+                   f"{others}; first-epoch losses differ by at most {diff:.1e}")
+    yield compared(f"demo training epoch on sim:1 (array_api_strict) vs {fastest}", timings,
+                   "modelsync sim:1", fastest, None)
+
+
+def ledger_rows(settings: Settings) -> Iterator[Row]:
+    """Parameter bytes moved per training step in each mode, from ms.track_transfers()."""
+    steps = batch_count(settings)
     for dev in ("sim:1", "host"):
         for mode in ("copy", "move", "wrap"):
-            epoch, model = ms_epoch(dev, mode)
+            epoch, _ = ms_epoch(dev, mode, steps)
             epoch()  # the first step makes the optimizer state: not a steady-state step
-            steps = 45
             with ms.track_transfers() as ledger:
-                epoch()
-            param = ledger.bytes_of("param")
-            lines.append(f"| training step, {mode} mode on {dev}: parameter bytes moved "
-                         f"(ledger) | {param / steps:g} B | 0 B | all bytes: "
-                         f"{ledger.bytes / steps:g} B per step over {steps} steps |")
-    return lines
+                done = len(epoch())
+            param = ledger.bytes_of("param") / done
+            yield Row(f"training step, {mode} mode on {dev}: parameter bytes moved (ledger)",
+                      param, "B", "0 B", "yes" if param == 0 else "NO",
+                      f"all bytes: {ledger.bytes / done:g} B per step over {done} steps")
 
 
-def run(repeat: int) -> list[str]:
-    host_epoch, _ = ms_epoch("host")
-    sim_epoch, _ = ms_epoch("sim:1")
-    fns = {"modelsync host": host_epoch, "modelsync sim:1": sim_epoch, **torch_epochs()}
-    times = interleaved(fns, repeat)
-    fastest = min((n for n in times if n.startswith("torch")), key=times.__getitem__)
-    detail = ", ".join(f"{n} {s * 1e3:.2f} ms" for n, s in times.items())
-    diff = first_epoch_losses_agree()
-    return [
-        row(f"demo training epoch (45 Adam steps), modelsync host vs {fastest}",
-            times["modelsync host"] / times[fastest], "≤ 1.0×",
-            f"{detail}; first-epoch losses differ by at most {diff:.1e}"),
-        row(f"demo training epoch on sim:1 (array_api_strict) vs {fastest}",
-            times["modelsync sim:1"] / times[fastest], "info", ""),
-        *ledger_rows(),
-    ]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeat", type=int, default=15)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    print(f"host kernels: {kernels.backend()}")
-    print("| what | ratio | goal | details |")
-    print("| --- | --- | --- | --- |")
-    for line in run(args.repeat):
-        print(line, flush=True)
+def rows(settings: Settings) -> Iterator[Row]:
+    yield from epoch_rows(settings)
+    yield from ledger_rows(settings)
 
 
 if __name__ == "__main__":
-    main()
+    main(rows, __doc__)
