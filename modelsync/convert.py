@@ -13,12 +13,15 @@ transfer_guard, a CoherenceError) leaves every model as it was.
 from __future__ import annotations
 
 import math
+import sys
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from . import coherence, flat
+from .blend import Blend
 from .checks import as_float
 from .devices import HOST, Device, device, device_of, dtype_name, is_array
 from .errors import ArgumentError, CoherenceError, GraphMismatchError
@@ -35,7 +38,9 @@ from .tree import (
     rebuild,
     require_model,
 )
+from .xp import concat_flat, concat_into
 
+_param_module = sys.modules[Param.__module__]  # (its ``rehomes`` count: see SyncGroup)
 MODES = ("copy", "move", "wrap")
 CHECKS = ("graph", "structure")
 
@@ -163,10 +168,11 @@ def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
     staged = [staging for group in groups for staging in _stage(group, aliased)]
     # Then every wrap-mode pull (a soft update reads dst) before the first write.
     for targets, _, _ in staged:
-        for d in targets:
+        for d in targets:  # (none where no dst member is linked)
             d.writable(overwrite=tau == 1.0)  # wrap mode: this side becomes the newest
+    blend = Blend(tau) if tau != 1.0 else None
     for _, storage, values in staged:
-        _write(storage, values, tau)
+        _write(storage, values, blend)
     return dst
 
 
@@ -265,29 +271,53 @@ class SyncGroup:
     """The pairs of one dtype, as the two lists of Params, with the flat stores that held
     each list whole (same layout) when the plan was made. A store holds its members for life
     and breaks if one of them is re-homed or freed, so while neither store is broken the
-    whole-buffer copy still applies: checking that is O(1) per sync, not O(Params)."""
+    whole-buffer copy still applies: checking that is O(1) per sync, not O(Params).
 
-    __slots__ = ("dsts", "srcs", "dst_store", "src_store")
+    ``src_device`` is the one device every src Param was on (None if several), valid while
+    no Param anywhere has been re-homed since (``params.rehomes``): what lets loose src
+    values be concatenated straight into dst's buffer."""
+
+    __slots__ = ("dsts", "srcs", "dst_store", "src_store", "dst_alone", "src_device",
+                 "rehomes")
 
     def __init__(self, pairs: list[tuple[Param, Param]]) -> None:
         self.dsts = [d for d, _ in pairs]
         self.srcs = [s for _, s in pairs]
-        self.dst_store, self.src_store = _whole_stores(self.dsts, self.srcs)
+        self._find_stores()
+
+    def _find_stores(self) -> None:
+        self.rehomes = _param_module.rehomes
+        self.dst_alone = flat.intact_store(self.dsts) if len(self.dsts) > 1 else None
+        self.dst_store, self.src_store = _whole_stores(self.dst_alone, self.srcs)
+        devices = {s.device for s in self.srcs}
+        self.src_device = devices.pop() if len(devices) == 1 else None
 
     def stores(self) -> tuple[Any, Any]:
         """(dst store, src store) if both still hold their side whole, else (None, None)."""
-        dst_store, src_store = self.dst_store, self.src_store
-        if dst_store is None or dst_store.broken or src_store.broken:
-            # (a store made since may hold them: ask again, as the plan did)
-            dst_store, src_store = self.dst_store, self.src_store = _whole_stores(
-                self.dsts, self.srcs)
-        return dst_store, src_store
+        self._recheck()
+        return self.dst_store, self.src_store
+
+    def dst_buffer_for_loose(self) -> Any:
+        """dst's store when it holds dst whole, no member of it is linked and every src value
+        is on its device: then the src values are concatenated straight into its buffer."""
+        self._recheck()
+        store = self.dst_alone
+        if store is None or coherence.has_links(store) or self.src_device != store.device:
+            return None
+        return store
+
+    def _recheck(self) -> None:
+        """Look for the stores again if one broke, or if a Param was re-homed since (the only
+        way a Param of the plan can join a store made later, or change device)."""
+        dst_store = self.dst_alone
+        if (self.rehomes != _param_module.rehomes or (dst_store is not None and dst_store.broken)
+                or (self.src_store is not None and self.src_store.broken)):
+            self._find_stores()
 
 
-def _whole_stores(dsts: list[Param], srcs: list[Param]) -> tuple[Any, Any]:
-    dst_store, src_store = flat.intact_store(dsts), flat.intact_store(srcs)
-    if len(dsts) > 1 and dst_store is not None and src_store is not None \
-            and dst_store.sizes == src_store.sizes:
+def _whole_stores(dst_store: Any, srcs: list[Param]) -> tuple[Any, Any]:
+    src_store = flat.intact_store(srcs)
+    if dst_store is not None and src_store is not None and dst_store.sizes == src_store.sizes:
         return dst_store, src_store
     return None, None
 
@@ -299,32 +329,61 @@ def _pair_groups(pairs: list[tuple[Param, Param]]) -> list[SyncGroup]:
     return [SyncGroup(group) for group in groups.values()]
 
 
-def _stage(group: SyncGroup, aliased: bool) -> list[tuple[list[Param], Any, Any]]:
-    """(dst Params, the storage to write, the values on its device): one whole buffer when
-    both sides are intact flat stores of the same layout, else one entry per Param. When
-    ``aliased`` (a src Param is also written as a dst Param) values are snapshots, so no
+Staged = tuple[Sequence[Param], Any, Any]  # (Params to hand over, storage, values to write)
+
+
+def _stage(group: SyncGroup, aliased: bool) -> list[Staged]:
+    """(the dst Params whose wrap-mode hand-over must run first, the storage to write, the
+    values on its device), read before anything is written:
+
+    - both sides intact flat stores of one layout: one whole buffer. A side with no linked
+      member (`coherence.has_links`, O(1)) is read or written whole, with no per-member
+      hand-over; a linked side hands over member by member as before.
+    - dst an intact, unlinked store and src loose Params on its device: the src values as a
+      list, concatenated straight into dst's buffer (one pass, no staging copy).
+    - else one entry per Param.
+
+    When ``aliased`` (a src Param is also written as a dst Param) values are snapshots, so no
     write can change what a later one reads."""
     dst_store, src_store = group.stores()
     if dst_store is not None:
-        values = flat.store_values(src_store, group.srcs, read=lambda p: p.value)
-        return [(group.dsts, dst_store.buffer, _on(values, dst_store.device, aliased))]
+        if coherence.has_links(src_store):
+            values = flat.store_values(src_store, group.srcs, read=_value)
+        else:
+            values = src_store.buffer
+        targets = group.dsts if coherence.has_links(dst_store) else ()
+        return [(targets, dst_store.buffer, _on(values, dst_store.device, aliased))]
+    if not aliased:
+        dst_store = group.dst_buffer_for_loose()
+        if dst_store is not None:
+            return [((), dst_store.buffer, [s.value for s in group.srcs])]
     return [([d], d.storage(), _on(s.value, d.device, aliased))
             for d, s in zip(group.dsts, group.srcs, strict=True)]
+
+
+def _value(p: Param) -> Any:
+    return p.value
 
 
 def _on(values: Any, target: Device, snapshot: bool) -> Any:
     """``values`` on ``target``: a counted transfer, or (same device) the values themselves,
     copied when a ``snapshot`` is needed."""
+    if not snapshot and target is HOST and type(values) is np.ndarray:
+        return values  # (the common case, without comparing Devices)
     if device_of(values) != target:
         return copy_to(values, target, reason="sync")
     return copy_to(values, target, reason="sync") if snapshot else values
 
 
-def _write(data: Any, values: Any, tau: float) -> None:
-    if tau == 1.0:
+def _write(data: Any, values: Any, blend: Blend | None) -> None:
+    """Write ``values`` (an array, or a list of arrays to concatenate) into ``data``: a copy,
+    or with a ``blend`` (tau < 1) the fused soft update."""
+    if type(values) is list:
+        if blend is None:
+            concat_into(values, data)
+            return
+        values = concat_flat(values)
+    if blend is None:
         data[...] = values
-    elif isinstance(data, np.ndarray) and not np.may_share_memory(data, values):
-        np.multiply(data, 1.0 - tau, out=data)
-        data += tau * values
     else:
-        data[...] = tau * values + (1.0 - tau) * data
+        blend(data, values)
