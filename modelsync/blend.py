@@ -69,7 +69,9 @@ class Blend:
             if kernels is False:
                 kernels = self._kernels = host_kernels()
             if kernels is not None:
-                kernels.loop(blend_loop, dst.size)(dst.reshape(-1), src.reshape(-1), t, c)
+                # (serial: one pass over memory gains little from a second core, and a
+                # parallel loop on a busy machine waits milliseconds for a descheduled thread)
+                kernels.loop(blend_loop, 0)(dst.reshape(-1), src.reshape(-1), t, c)
                 return
         if dst.ndim != 1 or src.ndim != 1 or (src is not dst and np.may_share_memory(dst, src)):
             dst[...] = self.tau * src + (1.0 - self.tau) * dst  # (shaped, overlapping)

@@ -105,18 +105,52 @@ def _device(spec: Device | str) -> Device:
 
 
 def _copy(model: Any, target: Device) -> Any:
-    twins = _flat_twins(params(model), target, "to_device(mode='copy')")
-    return rebuild(model, lambda p: twins[id(p)])
+    twins = _flat_twins(model, target, "to_device(mode='copy')")
+    return rebuild(model, _made_already, twins)
 
 
-def _flat_twins(originals: list[Param], target: Device, reason: str) -> dict[int, Param]:
-    """A new Param on ``target`` for each original, laid out flat: one buffer per dtype."""
+def _made_already(p: Param) -> Param:  # pragma: no cover (every Param is in the memo)
+    raise AssertionError(f"{p!r} has no twin: the layout missed it")
+
+
+def _flat_twins(model: Any, target: Device, reason: str) -> dict[int, Param]:
+    """A new Param on ``target`` for each of ``model``'s Params, laid out flat (one buffer per
+    dtype), keyed by the original's id: the memo `rebuild` starts from."""
     twins: dict[int, Param] = {}
-    for group in flat.group_by_dtype(originals).values():
-        buffer = flat.copy_flat(group, target, reason=reason, read=lambda p: p.value)
-        for p, twin in zip(group, flat.params_on(buffer, group), strict=True):
-            twins[id(p)] = twin
+    for group, on, sizes, shapes in _layout(model):
+        buffer = flat.copy_flat(group, target, reason=reason, read=_value, source=on)
+        made = flat.params_on(buffer, group, sizes=sizes, shapes=shapes)
+        twins.update(zip(map(id, group), made, strict=True))
     return twins
+
+
+Layout = list[tuple[list[Param], "Device | None", list[int], list[tuple[int, ...]]]]
+
+
+def _layout(model: Any) -> Layout:
+    """``model``'s distinct Params grouped by dtype, each group with the one device its
+    Params are on (None if several), their sizes and shapes. Cached with the walk, like the
+    sync plans, while no Param anywhere has been re-homed since (the only way a Param
+    changes device or shape)."""
+    walk = cache_of(model)
+    cached = walk.derived.get("layout")
+    if cached is not None and cached[0] == _param_module.rehomes:
+        return cached[1]
+    rehomes = _param_module.rehomes
+    seen: set[int] = set()
+    distinct = []
+    for _, p in walk.with_params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            distinct.append(p)
+    layout: Layout = []
+    for group in flat.group_by_dtype(distinct).values():
+        devices = {p.device for p in group}
+        layout.append((group, devices.pop() if len(devices) == 1 else None,
+                       flat.sizes_of(group), [p.shape for p in group]))
+    if walk.valid:
+        walk.derived["layout"] = (rehomes, layout)
+    return layout
 
 
 def _move(model: Any, target: Device) -> Any:
@@ -139,8 +173,8 @@ def _move(model: Any, target: Device) -> Any:
 
 def _wrap(model: Any, target: Device) -> Any:
     coherence.check_unlinked(model, "wrap")
-    twins = _flat_twins(params(model), target, "to_device(mode='wrap')")
-    wrapper = rebuild(model, lambda p: twins[id(p)])  # (before linking: it may still fail)
+    twins = _flat_twins(model, target, "to_device(mode='wrap')")
+    wrapper = rebuild(model, _made_already, dict(twins))  # (before linking: it may still fail)
     wrapping = coherence.link_params(model, twins)
     coherence.register_wrapper(wrapper, wrapping)
     return wrapper

@@ -323,7 +323,10 @@ def _rebuild_value(value: Any, on_param: Callable[[Param], Param], memo: dict[in
                 made = kind.__new__(kind)
                 for name in field_names(kind):
                     field = getattr(value, name)
-                    if type(field) not in _PLAIN:
+                    of = type(field)
+                    if of is Param:  # (inline: a conversion's memo already holds every Param)
+                        field = memo.get(id(field)) or _rebuild_value(field, on_param, memo)
+                    elif of not in _PLAIN:
                         field = _rebuild_value(field, on_param, memo)
                     object.__setattr__(made, name, field)
             memo[key] = made

@@ -37,6 +37,7 @@ def concat_into(arrays: Any, out: Any) -> None:
     if type(out).__module__.startswith("cupy"):
         import cupy
 
-        cupy.concatenate([a.reshape(-1) for a in arrays], out=out)
+        with cupy.cuda.Device(out.device.id):
+            cupy.concatenate(arrays, axis=None, out=out)
         return
     out[...] = concat_flat(arrays)  # sim: the array API has no out=

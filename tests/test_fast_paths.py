@@ -1,6 +1,7 @@
-"""Sync's fast paths (issue 11) give what the slow ones give: a whole-buffer copy between
-unlinked flat stores, loose src values concatenated into dst's buffer, and the fused soft
-update (`modelsync.blend`), which equals ``tau*src + (1-tau)*dst`` bit for bit."""
+"""Sync's and conversion's fast paths (issue 11) give what the slow ones give: a whole-buffer
+copy between unlinked flat stores, loose src values concatenated into dst's buffer, the fused
+soft update (`modelsync.blend`), which equals ``tau*src + (1-tau)*dst`` bit for bit, and a
+conversion's layout cached with the model's walk."""
 
 from __future__ import annotations
 
@@ -214,3 +215,30 @@ def test_a_src_param_moved_after_the_plan_is_copied_from_its_new_device():
         ms.sync(dst, src, check="structure")
     assert t.d2h_bytes == src.layers[0].weight.nbytes
     assert_bitwise(values(dst), expected)
+
+
+# -- a conversion's cached layout ----------------------------------------------------------------
+def test_a_conversion_after_a_param_moved_copies_it_from_its_new_device():
+    model = build(3)
+    first = ms.to_host(model)  # the layout is cached: every Param on the host
+    holder = layers.Chain(layers.Dense(4, 6, seed=9))
+    holder.layers[0].weight = model.layers[0].weight
+    ms.to_device(holder, "sim:1", mode="move")  # model's walk is unchanged, its Param moved
+    with ms.track_transfers() as t:
+        second = ms.to_host(model)
+    assert t.d2h_bytes == model.layers[0].weight.nbytes
+    assert_bitwise(values(second), values(first))
+    assert all(flat.intact_store(group) is not None
+               for group in flat.group_by_dtype(ms.params(second)).values())
+
+
+def test_a_conversion_after_the_tree_changed_sees_the_new_tree():
+    model = build(3)
+    ms.to_host(model)
+    model.layers.append(layers.Dense(3, 2, seed=7, dtype="float64"))
+    copy = ms.to_device(model, "sim:1")
+    assert list(ms.named_params(copy)) == list(ms.named_params(model))
+    assert_bitwise(values(copy), values(model))
+    with ms.track_transfers() as t:
+        ms.to_host(copy)
+    assert t.count == 2  # float32 and float64: one buffer each
