@@ -56,10 +56,18 @@ def has_links(store: Any) -> bool:
     return store in _linked_stores
 
 
+_live_links = [0]  # how many Links are linked now, in the whole process
+
+
+def any_links() -> bool:
+    """Whether any Param at all is linked now: when none is, a write needs no hand-over."""
+    return _live_links[0] > 0
+
+
 class Link:
     """The coupling of one original Param and its wrap-mode twin."""
 
-    __slots__ = ("original", "twin", "newest", "_protection", "_stores")
+    __slots__ = ("original", "twin", "newest", "_protection", "_stores", "_linked")
 
     def __init__(self, original: Param, twin: Param) -> None:
         self.original = original
@@ -71,6 +79,8 @@ class Link:
         self._stores = tuple(s for s in (original.flat_store, twin.flat_store) if s is not None)
         for store in self._stores:
             _linked_stores[store] = _linked_stores.get(store, 0) + 1
+        self._linked = True
+        _live_links[0] += 1
         self._protect_original()
 
     def _protect_original(self) -> None:
@@ -127,6 +137,9 @@ class Link:
             else:
                 _linked_stores.pop(store, None)
         self._stores = ()
+        if self._linked:
+            self._linked = False
+            _live_links[0] -= 1
         self.original.set_link(None)
         self.twin.set_link(None)
 

@@ -199,7 +199,7 @@ def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
                 f"{first} and {path}: dst ties them to one Param but src holds two Params with "
                 "different values there; untie dst or sync from a model with the same ties")
     # Stage every value on dst's device first: a failed transfer leaves dst unchanged.
-    staged = [staging for group in groups for staging in _stage(group, aliased)]
+    staged = [staging for group in groups for staging in _stage(group, aliased, tau != 1.0)]
     # Then every wrap-mode pull (a soft update reads dst) before the first write.
     for targets, _, _ in staged:
         for d in targets:  # (none where no dst member is linked)
@@ -307,12 +307,13 @@ class SyncGroup:
     and breaks if one of them is re-homed or freed, so while neither store is broken the
     whole-buffer copy still applies: checking that is O(1) per sync, not O(Params).
 
-    ``src_device`` is the one device every src Param was on (None if several), valid while
-    no Param anywhere has been re-homed since (``params.rehomes``): what lets loose src
-    values be concatenated straight into dst's buffer."""
+    ``src_device`` and ``dst_device`` are the one device every src (dst) Param was on (None
+    if several), valid while no Param anywhere has been re-homed since (``params.rehomes``):
+    what lets loose src values be concatenated straight into dst's buffer, and loose host
+    dst values be soft-updated as one buffer."""
 
-    __slots__ = ("dsts", "srcs", "dst_store", "src_store", "dst_alone", "src_device",
-                 "rehomes")
+    __slots__ = ("dsts", "srcs", "dst_store", "src_store", "dst_alone", "src_alone",
+                 "src_device", "dst_device", "rehomes")
 
     def __init__(self, pairs: list[tuple[Param, Param]]) -> None:
         self.dsts = [d for d, _ in pairs]
@@ -321,10 +322,11 @@ class SyncGroup:
 
     def _find_stores(self) -> None:
         self.rehomes = _param_module.rehomes
-        self.dst_alone = flat.intact_store(self.dsts) if len(self.dsts) > 1 else None
-        self.dst_store, self.src_store = _whole_stores(self.dst_alone, self.srcs)
-        devices = {s.device for s in self.srcs}
-        self.src_device = devices.pop() if len(devices) == 1 else None
+        many = len(self.dsts) > 1
+        self.dst_alone = flat.intact_store(self.dsts) if many else None
+        self.src_alone = flat.intact_store(self.srcs) if many else None
+        self.dst_store, self.src_store = _whole_stores(self.dst_alone, self.src_alone)
+        self.src_device, self.dst_device = _one_device(self.srcs), _one_device(self.dsts)
 
     def stores(self) -> tuple[Any, Any]:
         """(dst store, src store) if both still hold their side whole, else (None, None)."""
@@ -343,14 +345,36 @@ class SyncGroup:
     def _recheck(self) -> None:
         """Look for the stores again if one broke, or if a Param was re-homed since (the only
         way a Param of the plan can join a store made later, or change device)."""
-        dst_store = self.dst_alone
+        dst_store, src_store = self.dst_alone, self.src_alone
         if (self.rehomes != _param_module.rehomes or (dst_store is not None and dst_store.broken)
-                or (self.src_store is not None and self.src_store.broken)):
+                or (src_store is not None and src_store.broken)):
             self._find_stores()
 
+    def src_buffer_for_loose(self) -> Any:
+        """src's buffer if one unlinked store holds src whole, else the src values one by one
+        (each brought up to date)."""
+        store = self.src_alone
+        if store is not None and not coherence.has_links(store):
+            return store.buffer
+        return [s.value for s in self.srcs]
 
-def _whole_stores(dst_store: Any, srcs: list[Param]) -> tuple[Any, Any]:
-    src_store = flat.intact_store(srcs)
+
+def _one_device(group: list[Param]) -> Device | None:
+    devices = {p.device for p in group}
+    return devices.pop() if len(devices) == 1 else None
+
+
+class Scatter:
+    """Where a soft sync writes loose host dst Params: their values are gathered into one
+    buffer, updated in one pass, and written back (`_write`)."""
+
+    __slots__ = ("dsts",)
+
+    def __init__(self, dsts: list[Param]) -> None:
+        self.dsts = dsts
+
+
+def _whole_stores(dst_store: Any, src_store: Any) -> tuple[Any, Any]:
     if dst_store is not None and src_store is not None and dst_store.sizes == src_store.sizes:
         return dst_store, src_store
     return None, None
@@ -366,7 +390,7 @@ def _pair_groups(pairs: list[tuple[Param, Param]]) -> list[SyncGroup]:
 Staged = tuple[Sequence[Param], Any, Any]  # (Params to hand over, storage, values to write)
 
 
-def _stage(group: SyncGroup, aliased: bool) -> list[Staged]:
+def _stage(group: SyncGroup, aliased: bool, soft: bool) -> list[Staged]:
     """(the dst Params whose wrap-mode hand-over must run first, the storage to write, the
     values on its device), read before anything is written:
 
@@ -375,6 +399,8 @@ def _stage(group: SyncGroup, aliased: bool) -> list[Staged]:
       hand-over; a linked side hands over member by member as before.
     - dst an intact, unlinked store and src loose Params on its device: the src values as a
       list, concatenated straight into dst's buffer (one pass, no staging copy).
+    - a soft sync (``soft``) into loose host Params from host values: a `Scatter` of them,
+      with src's buffer or values.
     - else one entry per Param.
 
     When ``aliased`` (a src Param is also written as a dst Param) values are snapshots, so no
@@ -391,6 +417,9 @@ def _stage(group: SyncGroup, aliased: bool) -> list[Staged]:
         dst_store = group.dst_buffer_for_loose()
         if dst_store is not None:
             return [((), dst_store.buffer, [s.value for s in group.srcs])]
+        if soft and group.dst_device == HOST and group.src_device == HOST:
+            targets = group.dsts if coherence.any_links() else ()
+            return [(targets, Scatter(group.dsts), group.src_buffer_for_loose())]
     return [([d], d.storage(), _on(s.value, d.device, aliased))
             for d, s in zip(group.dsts, group.srcs, strict=True)]
 
@@ -411,7 +440,18 @@ def _on(values: Any, target: Device, snapshot: bool) -> Any:
 
 def _write(data: Any, values: Any, blend: Blend | None) -> None:
     """Write ``values`` (an array, or a list of arrays to concatenate) into ``data``: a copy,
-    or with a ``blend`` (tau < 1) the fused soft update."""
+    or with a ``blend`` (tau < 1) the fused soft update. Into a `Scatter` (loose host dst
+    Params, soft sync only): gathered, updated as one buffer, and written back."""
+    if type(data) is Scatter:
+        storages = [d.storage() for d in data.dsts]
+        mixed = np.concatenate(storages, axis=None)
+        blend(mixed, concat_flat(values) if type(values) is list else values)
+        offset = 0
+        for storage in storages:
+            end = offset + storage.size
+            storage[...] = mixed[offset:end].reshape(storage.shape)
+            offset = end
+        return
     if type(values) is list:
         if blend is None:
             concat_into(values, data)

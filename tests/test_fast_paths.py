@@ -187,6 +187,20 @@ def test_a_linked_dst_store_hands_over_before_the_write(tau):
     ms.detach(wrapper)
 
 
+def test_a_soft_sync_into_a_loose_wrapped_original_pulls_its_newer_twin_first():
+    original = build(0)  # built on the host: loose Params, updated as one gathered buffer
+    src = ms.to_host(original)
+    sgd_step(src, *batch("host"))
+    ms.sync(original, src, tau=0.5)  # (the plan, made while nothing is linked)
+    wrapper = ms.to_device(original, "sim:1", mode="wrap")
+    sgd_step(wrapper, *batch("sim:1"))  # the twin is newest
+    expected = reference(values(wrapper), values(src), 0.5)
+    ms.sync(original, src, tau=0.5)
+    assert_bitwise(values(original), expected)
+    assert_bitwise(values(wrapper), expected)  # (pulled back: the original is newest now)
+    ms.detach(wrapper)
+
+
 # -- loose src into one dst buffer ---------------------------------------------------------------
 def test_loose_src_values_are_written_into_dst_buffer_in_place():
     src = build(3)
