@@ -110,8 +110,8 @@ def require_model(model: Any, argument: str = "model") -> None:
 class Walked:
     """One model's walk, cached with what is derived from it: every (path, node) below the
     model, its (path, Param) pairs, the first layer in it that was moved away (path, where),
-    its graph id once asked for, and ``derived`` (convert.py keeps its sync plans there).
-    ``valid`` while no node it passed through has changed (see watch.py)."""
+    its graph id once asked for, and ``derived`` (syncing.py keeps its sync plans there,
+    convert.py its layout). ``valid`` while no node it passed through has changed (see watch.py)."""
 
     __slots__ = ("found", "with_params", "moved", "valid", "graph_id", "derived", "__weakref__")
 
