@@ -101,10 +101,11 @@ def test_a_flat_soft_sync_equals_the_formula_bit_for_bit(host_kernels, dst_spec,
         assert_bitwise(values(b), expected)
 
 
+@pytest.mark.parametrize("width", [6, 3000])  # loose dst gathered (small), or one by one
 @pytest.mark.parametrize("dst_flat,src_flat", [(False, True), (True, False), (False, False)])
 def test_a_soft_sync_of_loose_params_equals_the_formula_bit_for_bit(host_kernels, dst_flat,
-                                                                     src_flat):
-    a, b = build(0), build(0)
+                                                                     src_flat, width):
+    a, b = build(0, width=width), build(0, width=width)
     b = ms.to_host(a) if dst_flat else b
     sgd_step(a, *batch("host"))
     a = ms.to_host(a) if src_flat else a
