@@ -94,6 +94,8 @@ def size_rows(width: int, count: int, small: bool, settings: Settings) -> Iterat
                lambda: ms.sync(flat_dst, flat, tau=0.05), 2.0 if small else None)
     yield case("soft sync tau=0.05, sync(flat, host-built) (per Param)",
                lambda: ms.sync(flat_dst, host, tau=0.05), None, details=built)
+    yield case("soft sync tau=0.05, sync(host-built, flat) (into loose Params)",
+               lambda: ms.sync(host, flat, tau=0.05), None, details=built)
     yield case("to_host(copy) of a host-built model", lambda: ms.to_host(host),
                5.0 if small else 1.3, details=built)
     yield case("to_host(copy) of a flat host model", lambda: ms.to_host(flat), 1.3)

@@ -44,11 +44,30 @@ class Protection:
 #: id(host array) -> its Protection, held by the Links that use it (an entry goes with them)
 _protected: weakref.WeakValueDictionary[int, Protection] = weakref.WeakValueDictionary()
 
+#: flat store -> how many of its members are linked now (held weakly). A store absent here
+#: has no linked member, so a sync may read and write its buffer whole without asking each
+#: member (`has_links`). Stores are only ever made over unlinked Params (conversions make
+#: new ones; a move refuses linked ones), so counting at link and unlink is enough.
+_linked_stores: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def has_links(store: Any) -> bool:
+    """Whether any member of the flat ``store`` is linked to a wrap-mode twin: O(1)."""
+    return store in _linked_stores
+
+
+_live_links = [0]  # how many Links are linked now, in the whole process
+
+
+def any_links() -> bool:
+    """Whether any Param at all is linked now: when none is, a write needs no hand-over."""
+    return _live_links[0] > 0
+
 
 class Link:
     """The coupling of one original Param and its wrap-mode twin."""
 
-    __slots__ = ("original", "twin", "newest", "_protection")
+    __slots__ = ("original", "twin", "newest", "_protection", "_stores", "_linked")
 
     def __init__(self, original: Param, twin: Param) -> None:
         self.original = original
@@ -57,6 +76,11 @@ class Link:
         self._protection: Protection | None = None
         original.set_link(self)
         twin.set_link(self)
+        self._stores = tuple(s for s in (original.flat_store, twin.flat_store) if s is not None)
+        for store in self._stores:
+            _linked_stores[store] = _linked_stores.get(store, 0) + 1
+        self._linked = True
+        _live_links[0] += 1
         self._protect_original()
 
     def _protect_original(self) -> None:
@@ -106,6 +130,16 @@ class Link:
             else:  # still protected for another Param: keep writing through the view
                 self.original.set_storage(protection.view)
             self._protection = None
+        for store in self._stores:  # (once: a collected wrapper's links may be cut twice)
+            left = _linked_stores.get(store, 0) - 1
+            if left > 0:
+                _linked_stores[store] = left
+            else:
+                _linked_stores.pop(store, None)
+        self._stores = ()
+        if self._linked:
+            self._linked = False
+            _live_links[0] -= 1
         self.original.set_link(None)
         self.twin.set_link(None)
 

@@ -1,4 +1,5 @@
-"""to_device, to_host, detach and sync: one traversal of the model tree, three mode strategies.
+"""to_device, to_host and detach: one traversal of the model tree, three mode strategies
+(`sync`, which writes into an existing model, is `modelsync.syncing`'s, re-exported here).
 
 | mode | each Param                                | the original                      |
 | ---- | ----------------------------------------- | --------------------------------- |
@@ -12,29 +13,27 @@ transfer_guard, a CoherenceError) leaves every model as it was.
 
 from __future__ import annotations
 
-import weakref
+import sys
 from typing import Any
 
 import numpy as np
 
 from . import coherence, flat
-from .checks import match_check, soft_tau
-from .devices import HOST, Device, device, device_of, dtype_name, is_array
-from .errors import ArgumentError, CoherenceError, GraphMismatchError
-from .identity import IdentityMap
+from .devices import HOST, Device, device, is_array
+from .errors import ArgumentError, CoherenceError
 from .params import Param
+from .syncing import sync as sync  # (re-exported: `from .convert import sync` still works)
 from .transfers import copy_to, to_device_array
 from .tree import (
     cache_of,
-    graph_id,
     is_layer,
     mark_moved,
-    param_paths,
     params,
     rebuild,
     require_model,
 )
 
+_param_module = sys.modules[Param.__module__]  # (its ``rehomes`` count: see _layout)
 MODES = ("copy", "move", "wrap")
 
 
@@ -98,18 +97,52 @@ def _device(spec: Device | str) -> Device:
 
 
 def _copy(model: Any, target: Device) -> Any:
-    twins = _flat_twins(params(model), target, "to_device(mode='copy')")
-    return rebuild(model, lambda p: twins[id(p)])
+    twins = _flat_twins(model, target, "to_device(mode='copy')")
+    return rebuild(model, _made_already, twins)
 
 
-def _flat_twins(originals: list[Param], target: Device, reason: str) -> dict[int, Param]:
-    """A new Param on ``target`` for each original, laid out flat: one buffer per dtype."""
+def _made_already(p: Param) -> Param:  # pragma: no cover (every Param is in the memo)
+    raise AssertionError(f"{p!r} has no twin: the layout missed it")
+
+
+def _flat_twins(model: Any, target: Device, reason: str) -> dict[int, Param]:
+    """A new Param on ``target`` for each of ``model``'s Params, laid out flat (one buffer per
+    dtype), keyed by the original's id: the memo `rebuild` starts from."""
     twins: dict[int, Param] = {}
-    for group in flat.group_by_dtype(originals).values():
-        buffer = flat.copy_flat(group, target, reason=reason, read=lambda p: p.value)
-        for p, twin in zip(group, flat.params_on(buffer, group), strict=True):
-            twins[id(p)] = twin
+    for group, on, sizes, shapes in _layout(model):
+        buffer = flat.copy_flat(group, target, reason=reason, read=_value, source=on)
+        made = flat.params_on(buffer, group, sizes=sizes, shapes=shapes)
+        twins.update(zip(map(id, group), made, strict=True))
     return twins
+
+
+Layout = list[tuple[list[Param], "Device | None", list[int], list[tuple[int, ...]]]]
+
+
+def _layout(model: Any) -> Layout:
+    """``model``'s distinct Params grouped by dtype, each group with the one device its
+    Params are on (None if several), their sizes and shapes. Cached with the walk, like the
+    sync plans, while no Param anywhere has been re-homed since (the only way a Param
+    changes device or shape)."""
+    walk = cache_of(model)
+    cached = walk.derived.get("layout")
+    if cached is not None and cached[0] == _param_module.rehomes:
+        return cached[1]
+    rehomes = _param_module.rehomes
+    seen: set[int] = set()
+    distinct = []
+    for _, p in walk.with_params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            distinct.append(p)
+    layout: Layout = []
+    for group in flat.group_by_dtype(distinct).values():
+        devices = {p.device for p in group}
+        layout.append((group, devices.pop() if len(devices) == 1 else None,
+                       flat.sizes_of(group), [p.shape for p in group]))
+    if walk.valid:
+        walk.derived["layout"] = (rehomes, layout)
+    return layout
 
 
 def _move(model: Any, target: Device) -> Any:
@@ -132,189 +165,12 @@ def _move(model: Any, target: Device) -> Any:
 
 def _wrap(model: Any, target: Device) -> Any:
     coherence.check_unlinked(model, "wrap")
-    twins = _flat_twins(params(model), target, "to_device(mode='wrap')")
-    wrapper = rebuild(model, lambda p: twins[id(p)])  # (before linking: it may still fail)
+    twins = _flat_twins(model, target, "to_device(mode='wrap')")
+    wrapper = rebuild(model, _made_already, dict(twins))  # (before linking: it may still fail)
     wrapping = coherence.link_params(model, twins)
     coherence.register_wrapper(wrapper, wrapping)
     return wrapper
 
 
-# -- sync -----------------------------------------------------------------------------------
-def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
-    """Copy ``src``'s parameter values into ``dst`` in place, across devices; with ``tau < 1``
-    a soft update ``dst = tau*src + (1-tau)*dst``. Validates everything before writing, so a
-    mismatch raises GraphMismatchError and leaves ``dst`` unchanged. Returns ``dst``."""
-    match_check(check)
-    tau = soft_tau(tau)
-    require_model(dst, "dst")
-    require_model(src, "src")
-    if dst is src:
-        raise ArgumentError("sync: dst and src are the same model; there is nothing to copy")
-    groups, ties, aliased = _sync_plan(dst, src, check)
-    for first, path, kept, other in ties:
-        if not _equal(kept, other):
-            raise GraphMismatchError(
-                f"{first} and {path}: dst ties them to one Param but src holds two Params with "
-                "different values there; untie dst or sync from a model with the same ties")
-    # Stage every value on dst's device first: a failed transfer leaves dst unchanged.
-    staged = [staging for group in groups for staging in _stage(group, aliased)]
-    # Then every wrap-mode pull (a soft update reads dst) before the first write.
-    for targets, _, _ in staged:
-        for d in targets:
-            d.writable(overwrite=tau == 1.0)  # wrap mode: this side becomes the newest
-    for _, storage, values in staged:
-        _write(storage, values, tau)
-    return dst
-
-
-def _matched_pairs(dst: Any, src: Any, check: str
-                   ) -> tuple[list[tuple[Param, Param]], list[tuple[str, str, Param, Param]]]:
-    """Each distinct dst Param with the src Param at its place, after every check passes, and
-    the places where dst ties two paths that src holds as two Params.
-
-    The graph check compares the Params' origins place by place first (cheap, and what tells
-    copies of one graph from look-alikes), then the graph ids (layer types and configuration
-    too). Plans are cached, so this runs once per pair of unchanged trees.
-    """
-    dst_paths, src_paths = param_paths(dst), param_paths(src)
-    same_origins = True
-    for (dpath, dp), (spath, sp) in zip(dst_paths, src_paths, strict=False):
-        if dpath != spath or dp.shape != sp.shape or dtype_name(dp.dtype) != dtype_name(sp.dtype):
-            raise GraphMismatchError(
-                f"{dpath if dpath == spath else dpath + ' vs ' + spath}: dst {_describe(dp)} vs "
-                f"src {_describe(sp)}; the models differ in structure")
-        same_origins = same_origins and dp.origin == sp.origin
-    if len(dst_paths) != len(src_paths):
-        longer, side = (dst_paths, "dst") if len(dst_paths) > len(src_paths) else (src_paths, "src")
-        path, p = longer[min(len(dst_paths), len(src_paths))]
-        raise GraphMismatchError(
-            f"{path}: only {side} has it ({_describe(p)}); the models differ in structure")
-    if check == "graph" and not (same_origins and graph_id(dst) == graph_id(src)):
-        raise GraphMismatchError(
-            "dst and src have the same structure but were not made from one graph "
-            f"(graph_id {graph_id(dst)[:12]}… vs {graph_id(src)[:12]}…) — pass "
-            "check=\"structure\" to sync by shape")
-    chosen: dict[int, tuple[str, Param, Param]] = {}
-    ties: list[tuple[str, str, Param, Param]] = []
-    for (path, dp), (_, sp) in zip(dst_paths, src_paths, strict=False):
-        seen = chosen.get(id(dp))
-        if seen is None:
-            chosen[id(dp)] = (path, dp, sp)
-        elif seen[2] is not sp:
-            ties.append((seen[0], path, seen[2], sp))  # their values must agree at each sync
-    return [(dp, sp) for _, dp, sp in chosen.values()], ties
-
-
-SyncPlan = tuple[list["SyncGroup"], list[tuple[str, str, Param, Param]], bool]
-_PLANS_PER_MODEL = 8  # sync plans kept per dst model (one per src and check it is synced from)
-
-
-def _sync_plan(dst: Any, src: Any, check: str) -> SyncPlan:
-    """The checked pairs of a sync, grouped by dtype, and the ties whose values must agree.
-
-    Cached with dst's walk (tree.cache_of), keyed weakly by src: reused while neither tree
-    has changed (a change to either makes a new walk, so a plan made from an old one is
-    never found), and dropped with dst's walk or when src is freed."""
-    dst_walk, src_walk = cache_of(dst), cache_of(src)
-    plans = dst_walk.derived.get("sync")
-    if plans is not None:
-        entry = plans.get(src)
-        if entry is not None and entry[0]() is src_walk and check in entry[1]:
-            return entry[1][check]
-    pairs, ties = _matched_pairs(dst, src, check)
-    written = {id(d) for d, _ in pairs}
-    aliased = any(id(s) in written for _, s in pairs)  # a src Param dst also writes
-    plan = (_pair_groups(pairs), ties, aliased)
-    if dst_walk.valid and src_walk.valid:
-        if plans is None:
-            plans = dst_walk.derived["sync"] = IdentityMap()
-        entry = plans.get(src)
-        if entry is None or entry[0]() is not src_walk:
-            if len(plans) >= _PLANS_PER_MODEL:
-                plans = dst_walk.derived["sync"] = IdentityMap()
-            # (src's walk weakly: two models synced both ways must not hold each other)
-            entry = (weakref.ref(src_walk), {})
-            plans.set(src, entry)
-        entry[1][check] = plan
-    return plan
-
-
-def _describe(p: Param) -> str:
-    return f"{p.shape} {dtype_name(p.dtype)}"
-
-
-def _equal(a: Param, b: Param) -> bool:
-    va, vb = a.value, b.value
-    if a.device != b.device:
-        vb = copy_to(vb, a.device, reason="sync: compare tied values")
-    xp = a.device.xp
-    return bool(xp.all(va == vb))
-
-
-class SyncGroup:
-    """The pairs of one dtype, as the two lists of Params, with the flat stores that held
-    each list whole (same layout) when the plan was made. A store holds its members for life
-    and breaks if one of them is re-homed or freed, so while neither store is broken the
-    whole-buffer copy still applies: checking that is O(1) per sync, not O(Params)."""
-
-    __slots__ = ("dsts", "srcs", "dst_store", "src_store")
-
-    def __init__(self, pairs: list[tuple[Param, Param]]) -> None:
-        self.dsts = [d for d, _ in pairs]
-        self.srcs = [s for _, s in pairs]
-        self.dst_store, self.src_store = _whole_stores(self.dsts, self.srcs)
-
-    def stores(self) -> tuple[Any, Any]:
-        """(dst store, src store) if both still hold their side whole, else (None, None)."""
-        dst_store, src_store = self.dst_store, self.src_store
-        if dst_store is None or dst_store.broken or src_store.broken:
-            # (a store made since may hold them: ask again, as the plan did)
-            dst_store, src_store = self.dst_store, self.src_store = _whole_stores(
-                self.dsts, self.srcs)
-        return dst_store, src_store
-
-
-def _whole_stores(dsts: list[Param], srcs: list[Param]) -> tuple[Any, Any]:
-    dst_store, src_store = flat.intact_store(dsts), flat.intact_store(srcs)
-    if len(dsts) > 1 and dst_store is not None and src_store is not None \
-            and dst_store.sizes == src_store.sizes:
-        return dst_store, src_store
-    return None, None
-
-
-def _pair_groups(pairs: list[tuple[Param, Param]]) -> list[SyncGroup]:
-    groups: dict[str, list[tuple[Param, Param]]] = {}
-    for d, s in pairs:
-        groups.setdefault(dtype_name(d.dtype), []).append((d, s))
-    return [SyncGroup(group) for group in groups.values()]
-
-
-def _stage(group: SyncGroup, aliased: bool) -> list[tuple[list[Param], Any, Any]]:
-    """(dst Params, the storage to write, the values on its device): one whole buffer when
-    both sides are intact flat stores of the same layout, else one entry per Param. When
-    ``aliased`` (a src Param is also written as a dst Param) values are snapshots, so no
-    write can change what a later one reads."""
-    dst_store, src_store = group.stores()
-    if dst_store is not None:
-        values = flat.store_values(src_store, group.srcs, read=lambda p: p.value)
-        return [(group.dsts, dst_store.buffer, _on(values, dst_store.device, aliased))]
-    return [([d], d.storage(), _on(s.value, d.device, aliased))
-            for d, s in zip(group.dsts, group.srcs, strict=True)]
-
-
-def _on(values: Any, target: Device, snapshot: bool) -> Any:
-    """``values`` on ``target``: a counted transfer, or (same device) the values themselves,
-    copied when a ``snapshot`` is needed."""
-    if device_of(values) != target:
-        return copy_to(values, target, reason="sync")
-    return copy_to(values, target, reason="sync") if snapshot else values
-
-
-def _write(data: Any, values: Any, tau: float) -> None:
-    if tau == 1.0:
-        data[...] = values
-    elif isinstance(data, np.ndarray) and not np.may_share_memory(data, values):
-        np.multiply(data, 1.0 - tau, out=data)
-        data += tau * values
-    else:
-        data[...] = tau * values + (1.0 - tau) * data
+def _value(p: Param) -> Any:
+    return p.value

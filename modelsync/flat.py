@@ -122,13 +122,17 @@ def store_values(store: FlatStore, group: Sequence[Param], read: Callable[[Param
 
 
 def copy_flat(group: Sequence[Param], target: Device, *, reason: str,
-              read: Callable[[Param], Any]) -> Any:
+              read: Callable[[Param], Any], source: Device | None = None) -> Any:
     """``group``'s values as one new 1-D buffer on ``target``: one counted transfer when the
-    group lives on one device (Params scattered over devices are copied one by one)."""
-    if len({p.device for p in group}) > 1:
-        return concat_flat([copy_to(read(p), target, reason=reason) for p in group])
-    if group[0].device == target and intact_store(group) is None:
-        return gather(group, read)  # the concatenation is already a new buffer on target
+    group lives on one device (Params scattered over devices are copied one by one).
+    ``source``: the one device the group is on, when the caller knows it (asked otherwise)."""
+    if source is None:
+        devices = {p.device for p in group}
+        if len(devices) > 1:
+            return concat_flat([copy_to(read(p), target, reason=reason) for p in group])
+        source = devices.pop()
+    if source == target and intact_store(group) is None:
+        return concat_flat([read(p) for p in group])  # (already a new buffer on target)
     return copy_to(gather(group, read), target, reason=reason)
 
 
@@ -147,11 +151,16 @@ def adopt(members: Sequence[Param], buffer: Any, grads: Sequence[Any]) -> FlatSt
     return store
 
 
-def params_on(buffer: Any, like: Sequence[Param]) -> list[Param]:
-    """New Params viewing ``buffer``, one per Param of ``like`` (same shape, name, origin)."""
-    store = FlatStore(buffer, sizes_of(like))
+def params_on(buffer: Any, like: Sequence[Param], *, sizes: Sequence[int] | None = None,
+              shapes: Sequence[tuple[int, ...]] | None = None) -> list[Param]:
+    """New Params viewing ``buffer``, one per Param of ``like`` (same shape, name, origin).
+    ``sizes`` and ``shapes``: ``like``'s, when the caller keeps them (a conversion's cached
+    layout), so a thousand Params are not asked again."""
+    store = FlatStore(buffer, sizes_of(like) if sizes is None else sizes)
     where = store.device
-    made = [Param.in_store(view, where, name=p.name, origin=p.origin, store=store)
-            for p, view in zip(like, store.views([p.shape for p in like]), strict=True)]
+    views = store.views([p.shape for p in like] if shapes is None else shapes)
+    in_store = Param.in_store
+    made = [in_store(view, where, name=p.name, origin=p.origin, store=store)
+            for p, view in zip(like, views, strict=True)]
     store.hold(made)
     return made

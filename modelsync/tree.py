@@ -110,8 +110,8 @@ def require_model(model: Any, argument: str = "model") -> None:
 class Walked:
     """One model's walk, cached with what is derived from it: every (path, node) below the
     model, its (path, Param) pairs, the first layer in it that was moved away (path, where),
-    its graph id once asked for, and ``derived`` (convert.py keeps its sync plans there).
-    ``valid`` while no node it passed through has changed (see watch.py)."""
+    its graph id once asked for, and ``derived`` (syncing.py keeps its sync plans there,
+    convert.py its layout). ``valid`` while no node it passed through has changed (see watch.py)."""
 
     __slots__ = ("found", "with_params", "moved", "valid", "graph_id", "derived", "__weakref__")
 
@@ -323,7 +323,10 @@ def _rebuild_value(value: Any, on_param: Callable[[Param], Param], memo: dict[in
                 made = kind.__new__(kind)
                 for name in field_names(kind):
                     field = getattr(value, name)
-                    if type(field) not in _PLAIN:
+                    of = type(field)
+                    if of is Param:  # (inline: a conversion's memo already holds every Param)
+                        field = memo.get(id(field)) or _rebuild_value(field, on_param, memo)
+                    elif of not in _PLAIN:
                         field = _rebuild_value(field, on_param, memo)
                     object.__setattr__(made, name, field)
             memo[key] = made

@@ -1,9 +1,15 @@
-"""The array namespace of an array: the one place the package asks array_api_compat."""
+"""The array namespace of an array: the one place the package asks array_api_compat.
+
+Host arrays skip it: the flat helpers below handle a thousand NumPy arrays at a time, and
+the namespace lookup (a check of every argument) costs more than the concatenation itself.
+The array API stays the interface for the simulated device and CuPy.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from array_api_compat import array_namespace
 
 
@@ -13,7 +19,25 @@ def namespace(*arrays: Any) -> Any:
 
 
 def concat_flat(arrays: Any) -> Any:
-    """One new 1-D array of ``arrays`` (all on one device), flattened in order. Through
-    array_api_compat, since raw CuPy has ``concatenate`` but not the standard's ``concat``."""
+    """One new 1-D array of ``arrays`` (all on one device), flattened in order. NumPy arrays
+    go to ``np.concatenate`` directly; others through array_api_compat, since raw CuPy has
+    ``concatenate`` but not the standard's ``concat``."""
+    if type(arrays[0]) is np.ndarray:  # (one device: the first tells)
+        return np.concatenate(arrays, axis=None)
     xp = array_namespace(*arrays)
     return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
+
+
+def concat_into(arrays: Any, out: Any) -> None:
+    """Write ``arrays`` (all on ``out``'s device, their sizes adding up to ``out``'s),
+    flattened in order, into the 1-D ``out``: one pass on the host and on CuPy."""
+    if type(out) is np.ndarray:
+        np.concatenate(arrays, axis=None, out=out)
+        return
+    if type(out).__module__.startswith("cupy"):
+        import cupy
+
+        with cupy.cuda.Device(out.device.id):
+            cupy.concatenate(arrays, axis=None, out=out)
+        return
+    out[...] = concat_flat(arrays)  # sim: the array API has no out=

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import modelsync as ms
-from modelsync import convert, layers, tree
+from modelsync import layers, syncing, tree
 from modelsync.params import Param
 
 
@@ -383,13 +383,13 @@ def test_editing_one_model_leaves_another_models_caches_alone():
     twin = ms.to_device(b, "sim:1")
     ms.sync(twin, b, check="structure")
     b_walk, b_id = tree.cache_of(b), ms.graph_id(b)
-    plan = convert._sync_plan(twin, b, "structure")
+    plan = syncing._sync_plan(twin, b, "structure")
     a.layers.append(layers.Dense(2, 2))  # a TrackedList edit
     a.layers[0].bias = None  # a field assignment
     layers.Dense(5, 5)  # building a model
     assert tree.cache_of(b) is b_walk and b_walk.valid
     assert b_walk.graph_id == b_id
-    assert convert._sync_plan(twin, b, "structure") is plan
+    assert syncing._sync_plan(twin, b, "structure") is plan
     assert not tree.cache_of(a).graph_id  # (a was edited: its id is asked for afresh)
 
 
