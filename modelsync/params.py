@@ -25,14 +25,16 @@ class Param:
     the Param's device, and ``assign`` writes new values in place from any device.
     """
 
-    __slots__ = ("_data", "_grad", "_device", "_readonly", "_link", "_store", "name", "origin",
-                 "__weakref__")
+    __slots__ = ("_data", "_grad", "_device", "_readonly", "_link", "_store", "_owned",
+                 "_gview", "name", "origin", "__weakref__")
 
     def __init__(self, value: Any, *, name: str | None = None) -> None:
-        if not is_array(value):
+        owned = not is_array(value)  # (numbers turned into an array here: no one else holds it)
+        if owned:
             value = np.asarray(value)
         elif isinstance(value, np.ndarray) and not value.flags.writeable:
             value = value.copy()  # a Param is written in place: it must own writable storage
+            owned = True
         if not _is_floating(value):
             raise ArgumentTypeError(
                 f"Param value has dtype {dtype_name(value.dtype)}; expected a floating dtype "
@@ -43,6 +45,10 @@ class Param:
         self._readonly: Any = None  # read-only host view handed out while wrapped
         self._link: Any = None  # coherence link to a wrap-mode twin
         self._store: Any = None  # the flat.FlatStore whose buffer this Param views, if any
+        #: Whether the library allocated the storage (no user array aliases it): optimizers
+        #: may then lay it out flat on their own (`modelsync.packing`).
+        self._owned = owned
+        self._gview: Any = None  # this Param's view of its store's gradient buffer, if made
         self.name = name
         #: Identity of the Param this one was made as: kept by copies, moves and save/load.
         self.origin: str = uuid.uuid4().hex
@@ -80,6 +86,8 @@ class Param:
         self._readonly = None
         self._link = None
         self._store = None
+        self._owned = True  # (unpickled: storage no one else holds)
+        self._gview = None
         self.name = state["name"]
         self.origin = state["origin"]
 
@@ -116,19 +124,37 @@ class Param:
                 type(value) is np.ndarray and type(data) is np.ndarray
                 and value.shape == data.shape and value.dtype == data.dtype):
             self._check_compatible("grad", value)
+        view = self._gview
+        if view is not None and (value is view) != (self._grad is view):
+            self._store.grads_set += 1 if value is view else -1
         self._grad = value
 
     def accumulate_grad(self, delta: Any) -> None:
         """Add ``delta`` to ``.grad`` (creating it): what backward passes call. A delta of
-        another shape, dtype or array type (a custom layer's bug) is refused, not broadcast."""
+        another shape, dtype or array type (a custom layer's bug) is refused, not broadcast.
+
+        A Param of an intact flat store accumulates into its view of the store's gradient
+        buffer (made at the first backward pass; ``zero_grad`` keeps it), so a flat optimizer
+        step reads one buffer and gathers nothing."""
         data = self._data
         if (type(delta) is not type(data) or delta.shape != data.shape
                 or delta.dtype != data.dtype):
             self._check_compatible("accumulate_grad", delta)
-        if self._grad is None:
-            self._grad = delta
+        view = self._gview
+        if view is None:
+            store = self._store
+            if store is not None and not store.broken:
+                store.ensure_grads()  # (gives each member its view)
+                view = self._gview
+        grad = self._grad
+        if view is None:
+            self._grad = delta if grad is None else grad + delta
+        elif grad is view:
+            view += delta  # (in place: the buffer stays)
         else:
-            self._grad = self._grad + delta
+            view[...] = delta if grad is None else grad + delta
+            self._grad = view
+            self._store.grads_set += 1
 
     # -- writing -----------------------------------------------------------------------
     def assign(self, array: Any) -> None:
@@ -188,6 +214,22 @@ class Param:
         memo[id(self)] = twin
         return twin
 
+    @classmethod
+    def owning(cls, value: Any, *, name: str | None = None) -> Param:
+        """A Param that takes ``value`` over: its caller made the array and keeps no other
+        reference to it (what the built-in layers' initialisers do), so an optimizer may lay
+        it out flat on its own. ``Param(array)`` instead keeps aliasing the caller's array
+        until ``ms.flatten`` is called."""
+        p = cls(value, name=name)
+        p._owned = True
+        return p
+
+    @property
+    def owns_storage(self) -> bool:
+        """Whether the library allocated this Param's storage (a layer's initialiser, a
+        conversion, a load), so laying it out elsewhere breaks no alias the user holds."""
+        return self._owned
+
     # -- the library's door: what coherence, flat storage and io use ------------------------
     # (Not user API: these skip the checks and the wrap-mode bookkeeping of the methods above.
     # No module outside this one touches a Param's private fields; it asks through these.)
@@ -204,6 +246,8 @@ class Param:
         p._readonly = None
         p._link = None
         p._store = store
+        p._owned = True
+        p._gview = None
         p.name = name
         p.origin = origin
         return p
@@ -248,6 +292,24 @@ class Param:
         self._device = device_of(data)
         self._readonly = None
         self._store = store
+        self._gview = None  # (a view of the new store's gradient buffer is made when asked)
+        self._owned = True  # (the new storage is the library's)
+
+    def set_grad_view(self, view: Any) -> None:
+        """Take ``view``, a slice of this Param's store's gradient buffer, as where backward
+        passes accumulate from now on (`flat.FlatStore.ensure_grads`); the gradient held now
+        is kept as it is."""
+        self._gview = view
+
+    def grad_into_view(self) -> None:
+        """Copy the gradient held now (if any) into this Param's view of its store's gradient
+        buffer and hold the view instead (``ms.flatten`` keeps gradients this way)."""
+        view, grad = self._gview, self._grad
+        if view is None or grad is None or grad is view:
+            return
+        view[...] = grad
+        self._grad = view
+        self._store.grads_set += 1
 
     _rehome = rehome  # (the name tests written before the door still call)
 

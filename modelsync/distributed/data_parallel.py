@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import flat
 from .. import params as params_module
 from ..devices import HOST, dtype_name
 from ..errors import ArgumentTypeError
@@ -167,6 +168,10 @@ class _GradGroup:
         devices = {p.device for p in params}
         self.device = next(iter(devices)) if len(devices) == 1 else None
         self.buffer: np.ndarray | None = None
+        #: The flat store these Params are, whole and in order (optimizers lay a model out
+        #: flat): when every gradient is its view of the store's gradient buffer, that buffer
+        #: is scaled and reduced in place, with nothing packed or handed back.
+        self.store = flat.intact_store(params) if self.device is not None else None
         if self.device == HOST:
             self.buffer = np.empty(sum(self.sizes), dtype=params[0].dtype)
             self.views = _views(self.buffer, params, self.sizes)
@@ -175,6 +180,11 @@ class _GradGroup:
     def pack(self, scale: float) -> Any:
         """Every gradient times ``scale``, in one 1-D buffer."""
         params = self.params
+        store = self.store
+        if store is not None and store.all_grads_set():
+            grads = store.grads
+            grads *= scale  # (in place: the Params' gradients are its views)
+            return grads
         if self.buffer is None:
             if self.device is None:  # spread over devices: gather on the host
                 from ..transfers import copy_to
@@ -195,6 +205,12 @@ class _GradGroup:
 
     def unpack(self, total: Any) -> None:
         """Give each Param its slice of ``total`` (a view: nothing is copied back)."""
+        store = self.store
+        if store is not None and self.store.grads is not None and (
+                total is store.grads or store.all_grads_set()):
+            if total is not store.grads:  # (a trip via the host: one copy into the buffer)
+                store.grads[...] = total
+            return
         if total is self.buffer:
             for p, view in zip(self.params, self.views, strict=True):
                 p.grad = view
