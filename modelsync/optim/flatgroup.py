@@ -36,9 +36,10 @@ LARGE = 1 << 12
 class Segment:
     """A stretch of a run updated by one kernel call: members ``lo:hi`` of the run, elements
     ``start:end`` of the store's buffer (and of its gradient buffer), the params' storage
-    ``data`` (a view of the store buffer), the gradient buffer they are gathered into (None when the segment is one member's gradient as it comes), its state
-    arrays (views of the group's buffers, which an array-API kernel may replace) and its
-    kernel."""
+    ``data`` (a view of the store buffer), the gradient buffer they are gathered into (None
+    when the segment is one member's gradient as it comes, or when the store's gradient
+    buffer holds them all), its state arrays (views of the group's buffers, which an
+    array-API kernel may replace) and its kernel."""
 
     lo: int
     hi: int
