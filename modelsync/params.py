@@ -15,6 +15,9 @@ from .transfers import copy_to
 #: How many times any Param's storage was re-homed: lets an optimizer skip looking for moved
 #: Params on every step when nothing has moved since its last one.
 rehomes = 0
+#: How many Params are wrap-linked now (`set_link`): while none is, an update has no twin to
+#: pull from or hand over to, and `open_for_update` skips looking at a thousand Params.
+linked = 0
 
 
 class Param:
@@ -269,6 +272,8 @@ class Param:
 
     def set_link(self, link: Any) -> None:
         """Join (or, with None, leave) a wrap-mode link."""
+        global linked
+        linked += (link is not None) - (self._link is not None)
         self._link = link
 
     def set_storage(self, data: Any, *, readonly: Any = None) -> None:
@@ -336,10 +341,12 @@ class Param:
         mark none: every wrap-mode twin that is newer is pulled first (a refused pull raises
         here), and only then is each linked Param marked as about to hold the newest values
         (``writable()`` for all of them, all or nothing)."""
-        linked = [p for run in runs for p in run if p._link is not None]
-        for p in linked:
+        if not linked:
+            return  # (no Param anywhere is wrap-linked: nothing to pull or hand over)
+        found = [p for run in runs for p in run if p._link is not None]
+        for p in found:
             p._link.before_read(p)
-        for p in linked:
+        for p in found:
             p._link.before_write(p, overwrite=True)  # (up to date: nothing left to pull)
 
 
