@@ -71,6 +71,10 @@ class DataParallel:
                                        digest_size=32).digest()
         self._plans: dict[bytes, _Plan] = {}
         self._rehomes = params_module.rehomes  # Param moves seen when the plans were made
+        #: The flat store that is exactly the bound Params, in order (None if they are not
+        #: one), and the gradient mask when all of them have gradients.
+        self._store = flat.intact_store(self._params)
+        self._all = bytes([1]) * len(self._params)
 
     # -- the optimizer's face --------------------------------------------------------------
     @property
@@ -103,10 +107,15 @@ class DataParallel:
         """Replace each bound Param's gradient by the mean over the ranks: one agreement, then
         one buffer collective per dtype. Params no rank has a gradient for are left out."""
         comm = self.comm
-        mask = bytes([p.grad is not None for p in self._params])
         if self._rehomes != params_module.rehomes:  # a Param moved: its buffers are elsewhere
             self._plans.clear()
             self._rehomes = params_module.rehomes
+            self._store = flat.intact_store(self._params)
+        store = self._store
+        if store is not None and store.all_grads_set():
+            mask = self._all  # (every gradient is in the store's buffer: no need to look)
+        else:
+            mask = bytes([g is not None for g in Param.grads_of(self._params)])
         plan: list[_Plan] = []
 
         def prepare() -> tuple[bytes, int]:
