@@ -336,6 +336,16 @@ class Param:
         return [p._grad for p in params]
 
     @staticmethod
+    def clear_grads(params: Sequence[Param]) -> None:
+        """Set every ``.grad`` of ``params`` to None in one pass (``zero_grad``): a flat
+        store's gradient buffer stays, and the next backward pass overwrites it."""
+        for p in params:
+            view = p._gview
+            if view is not None and p._grad is view:
+                p._store.grads_set -= 1
+            p._grad = None
+
+    @staticmethod
     def open_for_update(*runs: Sequence[Param]) -> None:
         """Ready every Param of ``runs`` for an in-place update of all of them, or raise and
         mark none: every wrap-mode twin that is newer is pulled first (a refused pull raises
