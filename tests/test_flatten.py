@@ -263,3 +263,18 @@ def test_a_user_set_gradient_on_sim_is_checked_and_used():
     np.testing.assert_allclose(to_numpy(ps[1].value), before - 1.0, rtol=1e-6)
     with pytest.raises(ms.DeviceMismatchError):
         ps[1].grad = np.ones(ps[1].shape, dtype=np.float32)
+
+
+def test_owns_storage_says_who_allocated_the_array():
+    import pickle
+
+    mine = np.zeros(3, dtype=np.float32)
+    assert not ms.Param(mine).owns_storage
+    assert ms.Param([1.0, 2.0]).owns_storage
+    frozen = np.zeros(3)
+    frozen.flags.writeable = False
+    assert ms.Param(frozen).owns_storage  # copied: the array is not the storage
+    assert ms.Param.owning(mine).owns_storage
+    assert all(p.owns_storage for p in ms.params(host_model()))
+    assert all(p.owns_storage for p in ms.params(ms.to_host(user_array_model())))
+    assert pickle.loads(pickle.dumps(ms.Param(mine))).owns_storage
