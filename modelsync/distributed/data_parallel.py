@@ -215,7 +215,7 @@ class _GradGroup:
     def unpack(self, total: Any) -> None:
         """Give each Param its slice of ``total`` (a view: nothing is copied back)."""
         store = self.store
-        if store is not None and self.store.grads is not None and (
+        if store is not None and store.grads is not None and (
                 total is store.grads or store.all_grads_set()):
             if total is not store.grads:  # (a trip via the host: one copy into the buffer)
                 store.grads[...] = total
