@@ -278,3 +278,10 @@ def test_owns_storage_says_who_allocated_the_array():
     assert all(p.owns_storage for p in ms.params(host_model()))
     assert all(p.owns_storage for p in ms.params(ms.to_host(user_array_model())))
     assert pickle.loads(pickle.dumps(ms.Param(mine))).owns_storage
+
+
+def test_flatten_refuses_what_is_not_a_model_and_takes_one_without_params():
+    with pytest.raises(ms.ArgumentTypeError, match="expected a model"):
+        ms.flatten([ms.Param([1.0])])
+    empty = layers.Chain(layers.Dropout(0.5))
+    assert ms.flatten(empty) is empty
