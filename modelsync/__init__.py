@@ -20,6 +20,7 @@ from .errors import (
 from .interop import state_dict
 from .io import load, load_into, load_optimizer, read_metadata, save
 from .layers.base import layer
+from .packing import flatten
 from .params import Param
 from .train import backprop, train
 from .transfers import TransferLedger, track_transfers, transfer_guard
@@ -31,7 +32,7 @@ __all__ = [
     "ArgumentError", "ArgumentTypeError", "CoherenceError", "Device", "DeviceError",
     "DeviceMismatchError", "GraphMismatchError", "LoadError", "ModelSyncError", "MovedError",
     "Param", "SaveError", "TransferError", "TransferLedger", "available_devices", "backprop",
-    "detach", "device", "distributed", "graph_id", "interop", "layer", "layers", "load",
+    "detach", "device", "distributed", "flatten", "graph_id", "interop", "layer", "layers", "load",
     "load_into", "load_optimizer", "losses", "named_params", "optim", "params",
     "read_metadata", "save", "state_dict", "sync", "to_device", "to_host",
     "track_transfers", "train", "transfer_guard",

@@ -17,6 +17,8 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from .devices import Device, device_of, dtype_name
 from .params import Param
 from .transfers import copy_to
@@ -31,7 +33,7 @@ class FlatStore:
     them the store and its buffer, by reference counting alone."""
 
     __slots__ = ("buffer", "_members", "_ids", "_all_alive", "offsets", "sizes", "broken",
-                 "__weakref__")
+                 "grads", "grads_set", "__weakref__")
 
     def __init__(self, buffer: Any, sizes: Sequence[int]) -> None:
         self.buffer = buffer
@@ -45,6 +47,11 @@ class FlatStore:
             self.offsets[i] = total
             total += size
         self.broken = False
+        #: The gradient buffer (made at the first backward pass, `ensure_grads`): each member
+        #: accumulates into its view of it. ``grads_set`` counts the members whose ``.grad`` is
+        #: that view (kept by `Param`): all of them means a step reads ``grads`` as it is.
+        self.grads: Any = None
+        self.grads_set = 0
 
     @property
     def members(self) -> list[Param | None]:
@@ -75,6 +82,45 @@ class FlatStore:
         xp = self.device.xp
         return [xp.reshape(buffer[o:o + n], shape)
                 for o, n, shape in zip(self.offsets, self.sizes, shapes, strict=True)]
+
+
+    def ensure_grads(self) -> Any:
+        """The gradient buffer, made (zeros, on the buffer's device, its dtype) and handed out
+        to every live member as its view if it is not yet there. Members keep the gradient
+        they hold until their next backward pass writes into the view."""
+        if self.grads is None:
+            buffer = self.buffer
+            if isinstance(buffer, np.ndarray):
+                grads = np.zeros_like(buffer)
+            elif self.device.kind == "cuda":
+                with self.device.native:  # (CuPy allocates on the current GPU)
+                    grads = self.device.xp.zeros_like(buffer)
+            else:
+                grads = self.device.xp.zeros_like(buffer)
+            members = self.members
+            views = _views_of(grads, self.offsets, self.sizes,
+                              [p.shape if p is not None else (n,) for p, n in
+                               zip(members, self.sizes, strict=True)])
+            self.grads = grads
+            for p, view in zip(members, views, strict=True):
+                if p is not None:
+                    p.set_grad_view(view)
+        return self.grads
+
+    def all_grads_set(self) -> bool:
+        """Whether every member's ``.grad`` is its view of ``grads``: the buffer then holds
+        the whole store's gradient, ready to read (or reduce) in place."""
+        return self.grads is not None and self.grads_set == len(self._ids)
+
+
+def _views_of(buffer: Any, offsets: Sequence[int], sizes: Sequence[int],
+              shapes: Sequence[tuple[int, ...]]) -> list[Any]:
+    if isinstance(buffer, np.ndarray) or hasattr(buffer, "reshape"):
+        return [buffer[o:o + n].reshape(shape)
+                for o, n, shape in zip(offsets, sizes, shapes, strict=True)]
+    xp = device_of(buffer).xp
+    return [xp.reshape(buffer[o:o + n], shape)
+            for o, n, shape in zip(offsets, sizes, shapes, strict=True)]
 
 
 def _on_loss(store: weakref.ref[FlatStore]) -> Any:

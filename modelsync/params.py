@@ -15,6 +15,9 @@ from .transfers import copy_to
 #: How many times any Param's storage was re-homed: lets an optimizer skip looking for moved
 #: Params on every step when nothing has moved since its last one.
 rehomes = 0
+#: How many Params are wrap-linked now (`set_link`): while none is, an update has no twin to
+#: pull from or hand over to, and `open_for_update` skips looking at a thousand Params.
+linked = 0
 
 
 class Param:
@@ -25,14 +28,16 @@ class Param:
     the Param's device, and ``assign`` writes new values in place from any device.
     """
 
-    __slots__ = ("_data", "_grad", "_device", "_readonly", "_link", "_store", "name", "origin",
-                 "__weakref__")
+    __slots__ = ("_data", "_grad", "_device", "_readonly", "_link", "_store", "_owned",
+                 "_gview", "name", "origin", "__weakref__")
 
     def __init__(self, value: Any, *, name: str | None = None) -> None:
-        if not is_array(value):
+        owned = not is_array(value)  # (numbers turned into an array here: no one else holds it)
+        if owned:
             value = np.asarray(value)
         elif isinstance(value, np.ndarray) and not value.flags.writeable:
             value = value.copy()  # a Param is written in place: it must own writable storage
+            owned = True
         if not _is_floating(value):
             raise ArgumentTypeError(
                 f"Param value has dtype {dtype_name(value.dtype)}; expected a floating dtype "
@@ -43,6 +48,10 @@ class Param:
         self._readonly: Any = None  # read-only host view handed out while wrapped
         self._link: Any = None  # coherence link to a wrap-mode twin
         self._store: Any = None  # the flat.FlatStore whose buffer this Param views, if any
+        #: Whether the library allocated the storage (no user array aliases it): optimizers
+        #: may then lay it out flat on their own (`modelsync.packing`).
+        self._owned = owned
+        self._gview: Any = None  # this Param's view of its store's gradient buffer, if made
         self.name = name
         #: Identity of the Param this one was made as: kept by copies, moves and save/load.
         self.origin: str = uuid.uuid4().hex
@@ -80,6 +89,8 @@ class Param:
         self._readonly = None
         self._link = None
         self._store = None
+        self._owned = True  # (unpickled: storage no one else holds)
+        self._gview = None
         self.name = state["name"]
         self.origin = state["origin"]
 
@@ -116,19 +127,37 @@ class Param:
                 type(value) is np.ndarray and type(data) is np.ndarray
                 and value.shape == data.shape and value.dtype == data.dtype):
             self._check_compatible("grad", value)
+        view = self._gview
+        if view is not None and (value is view) != (self._grad is view):
+            self._store.grads_set += 1 if value is view else -1
         self._grad = value
 
     def accumulate_grad(self, delta: Any) -> None:
         """Add ``delta`` to ``.grad`` (creating it): what backward passes call. A delta of
-        another shape, dtype or array type (a custom layer's bug) is refused, not broadcast."""
+        another shape, dtype or array type (a custom layer's bug) is refused, not broadcast.
+
+        A Param of an intact flat store accumulates into its view of the store's gradient
+        buffer (made at the first backward pass; ``zero_grad`` keeps it), so a flat optimizer
+        step reads one buffer and gathers nothing."""
         data = self._data
         if (type(delta) is not type(data) or delta.shape != data.shape
                 or delta.dtype != data.dtype):
             self._check_compatible("accumulate_grad", delta)
-        if self._grad is None:
-            self._grad = delta
+        view = self._gview
+        if view is None:
+            store = self._store
+            if store is not None and not store.broken:
+                store.ensure_grads()  # (gives each member its view)
+                view = self._gview
+        grad = self._grad
+        if view is None:
+            self._grad = delta if grad is None else grad + delta
+        elif grad is view:
+            view += delta  # (in place: the buffer stays)
         else:
-            self._grad = self._grad + delta
+            view[...] = delta if grad is None else grad + delta
+            self._grad = view
+            self._store.grads_set += 1
 
     # -- writing -----------------------------------------------------------------------
     def assign(self, array: Any) -> None:
@@ -188,6 +217,22 @@ class Param:
         memo[id(self)] = twin
         return twin
 
+    @classmethod
+    def owning(cls, value: Any, *, name: str | None = None) -> Param:
+        """A Param that takes ``value`` over: its caller made the array and keeps no other
+        reference to it (what the built-in layers' initialisers do), so an optimizer may lay
+        it out flat on its own. ``Param(array)`` instead keeps aliasing the caller's array
+        until ``ms.flatten`` is called."""
+        p = cls(value, name=name)
+        p._owned = True
+        return p
+
+    @property
+    def owns_storage(self) -> bool:
+        """Whether the library allocated this Param's storage (a layer's initialiser, a
+        conversion, a load), so laying it out elsewhere breaks no alias the user holds."""
+        return self._owned
+
     # -- the library's door: what coherence, flat storage and io use ------------------------
     # (Not user API: these skip the checks and the wrap-mode bookkeeping of the methods above.
     # No module outside this one touches a Param's private fields; it asks through these.)
@@ -204,6 +249,8 @@ class Param:
         p._readonly = None
         p._link = None
         p._store = store
+        p._owned = True
+        p._gview = None
         p.name = name
         p.origin = origin
         return p
@@ -225,6 +272,8 @@ class Param:
 
     def set_link(self, link: Any) -> None:
         """Join (or, with None, leave) a wrap-mode link."""
+        global linked
+        linked += (link is not None) - (self._link is not None)
         self._link = link
 
     def set_storage(self, data: Any, *, readonly: Any = None) -> None:
@@ -248,6 +297,24 @@ class Param:
         self._device = device_of(data)
         self._readonly = None
         self._store = store
+        self._gview = None  # (a view of the new store's gradient buffer is made when asked)
+        self._owned = True  # (the new storage is the library's)
+
+    def set_grad_view(self, view: Any) -> None:
+        """Take ``view``, a slice of this Param's store's gradient buffer, as where backward
+        passes accumulate from now on (`flat.FlatStore.ensure_grads`); the gradient held now
+        is kept as it is."""
+        self._gview = view
+
+    def grad_into_view(self) -> None:
+        """Copy the gradient held now (if any) into this Param's view of its store's gradient
+        buffer and hold the view instead (``ms.flatten`` keeps gradients this way)."""
+        view, grad = self._gview, self._grad
+        if view is None or grad is None or grad is view:
+            return
+        view[...] = grad
+        self._grad = view
+        self._store.grads_set += 1
 
     _rehome = rehome  # (the name tests written before the door still call)
 
@@ -269,15 +336,27 @@ class Param:
         return [p._grad for p in params]
 
     @staticmethod
+    def clear_grads(params: Sequence[Param]) -> None:
+        """Set every ``.grad`` of ``params`` to None in one pass (``zero_grad``): a flat
+        store's gradient buffer stays, and the next backward pass overwrites it."""
+        for p in params:
+            view = p._gview
+            if view is not None and p._grad is view:
+                p._store.grads_set -= 1
+            p._grad = None
+
+    @staticmethod
     def open_for_update(*runs: Sequence[Param]) -> None:
         """Ready every Param of ``runs`` for an in-place update of all of them, or raise and
         mark none: every wrap-mode twin that is newer is pulled first (a refused pull raises
         here), and only then is each linked Param marked as about to hold the newest values
         (``writable()`` for all of them, all or nothing)."""
-        linked = [p for run in runs for p in run if p._link is not None]
-        for p in linked:
+        if not linked:
+            return  # (no Param anywhere is wrap-linked: nothing to pull or hand over)
+        found = [p for run in runs for p in run if p._link is not None]
+        for p in found:
             p._link.before_read(p)
-        for p in linked:
+        for p in found:
             p._link.before_write(p, overwrite=True)  # (up to date: nothing left to pull)
 
 

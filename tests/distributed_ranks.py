@@ -167,6 +167,15 @@ def s_data_parallel(comm):
                    "params": len(ms.params(many)),
                    "grads": sorted({float(v) for p in ms.params(many) for v in
                                     np.asarray(p.grad).ravel()})}
+    # flat gradients (as backprop leaves them): the store's gradient buffer is reduced in place
+    opt.zero_grad()
+    for p in ms.params(many):
+        p.accumulate_grad(np.full(p.shape, float(comm.rank), np.float32))
+    store = ms.params(many)[0].flat_store
+    buffer = store.grads
+    opt.step()
+    out["in_place"] = {"same_buffer": store.grads is buffer and store.all_grads_set(),
+                       "grads": sorted({float(v) for v in np.asarray(buffer)})}
     return out
 
 

@@ -111,6 +111,8 @@ def test_data_parallel_sends_one_collective_for_many_small_params(job):
     for r in each(job, "data_parallel"):
         assert r["many"]["params"] == 100 and r["many"]["collectives"] == 1
         assert r["many"]["grads"] == [pytest.approx(sum(range(size)) / size)]
+        assert r["in_place"]["same_buffer"]  # reduced where backprop left them, handed back
+        assert r["in_place"]["grads"] == [pytest.approx(sum(range(size)) / size)]
 
 
 MISMATCH = [("shape", "GraphMismatchError", "layers.0.weight"),

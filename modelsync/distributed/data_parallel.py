@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import flat
 from .. import params as params_module
 from ..checks import match_check
 from ..devices import HOST, dtype_name
@@ -71,6 +72,10 @@ class DataParallel:
                                        digest_size=32).digest()
         self._plans: dict[bytes, _Plan] = {}
         self._rehomes = params_module.rehomes  # Param moves seen when the plans were made
+        #: The flat store that is exactly the bound Params, in order (None if they are not
+        #: one), and the gradient mask when all of them have gradients.
+        self._store = flat.intact_store(self._params)
+        self._all = bytes([1]) * len(self._params)
 
     # -- the optimizer's face --------------------------------------------------------------
     @property
@@ -103,10 +108,15 @@ class DataParallel:
         """Replace each bound Param's gradient by the mean over the ranks: one agreement, then
         one buffer collective per dtype. Params no rank has a gradient for are left out."""
         comm = self.comm
-        mask = bytes([p.grad is not None for p in self._params])
         if self._rehomes != params_module.rehomes:  # a Param moved: its buffers are elsewhere
             self._plans.clear()
             self._rehomes = params_module.rehomes
+            self._store = flat.intact_store(self._params)
+        store = self._store
+        if store is not None and store.all_grads_set():
+            mask = self._all  # (every gradient is in the store's buffer: no need to look)
+        else:
+            mask = bytes([g is not None for g in Param.grads_of(self._params)])
         plan: list[_Plan] = []
 
         def prepare() -> tuple[bytes, int]:
@@ -168,6 +178,10 @@ class _GradGroup:
         devices = {p.device for p in params}
         self.device = next(iter(devices)) if len(devices) == 1 else None
         self.buffer: np.ndarray | None = None
+        #: The flat store these Params are, whole and in order (optimizers lay a model out
+        #: flat): when every gradient is its view of the store's gradient buffer, that buffer
+        #: is scaled and reduced in place, with nothing packed or handed back.
+        self.store = flat.intact_store(params) if self.device is not None else None
         if self.device == HOST:
             self.buffer = np.empty(sum(self.sizes), dtype=params[0].dtype)
             self.views = _views(self.buffer, params, self.sizes)
@@ -176,6 +190,11 @@ class _GradGroup:
     def pack(self, scale: float) -> Any:
         """Every gradient times ``scale``, in one 1-D buffer."""
         params = self.params
+        store = self.store
+        if store is not None and store.all_grads_set():
+            grads = store.grads
+            grads *= scale  # (in place: the Params' gradients are its views)
+            return grads
         if self.buffer is None:
             if self.device is None:  # spread over devices: gather on the host
                 from ..transfers import copy_to
@@ -196,6 +215,12 @@ class _GradGroup:
 
     def unpack(self, total: Any) -> None:
         """Give each Param its slice of ``total`` (a view: nothing is copied back)."""
+        store = self.store
+        if store is not None and store.grads is not None and (
+                total is store.grads or store.all_grads_set()):
+            if total is not store.grads:  # (a trip via the host: one copy into the buffer)
+                store.grads[...] = total
+            return
         if total is self.buffer:
             for p, view in zip(self.params, self.views, strict=True):
                 p.grad = view

@@ -150,7 +150,7 @@ def build_model(mf: ModelFile, arrays: dict[str, np.ndarray]) -> Any:
 
     def make_param(path: str) -> Param:
         entry = mf.params[path]
-        param = Param(arrays[path], name=entry.name)
+        param = Param.owning(arrays[path], name=entry.name)
         param.origin = entry.origin
         return param
 

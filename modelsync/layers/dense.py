@@ -47,8 +47,8 @@ class Dense:
         weight = rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype)
         self.__attrs_init__(
             in_features, out_features, activation, dtype,
-            Param(weight, name="weight"),
-            Param(rng.uniform(-bound, bound, out_features).astype(dtype), name="bias")
+            Param.owning(weight, name="weight"),
+            Param.owning(rng.uniform(-bound, bound, out_features).astype(dtype), name="bias")
             if bias else None)
 
     def forward(self, x: Any, ctx: Context) -> tuple[Any, Any]:

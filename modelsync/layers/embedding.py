@@ -38,7 +38,7 @@ class Embedding:
         check_positive_int("dim", dim)
         dtype = check_dtype(dtype)
         weight = generator(seed).standard_normal((num, dim)).astype(dtype)
-        self.__attrs_init__(int(num), int(dim), dtype, Param(weight, name="weight"))
+        self.__attrs_init__(int(num), int(dim), dtype, Param.owning(weight, name="weight"))
 
     def forward(self, idx: Any, ctx: Context) -> tuple[Any, Any]:
         weight = self.weight.value

@@ -49,8 +49,8 @@ class LayerNorm:
         dtype = check_dtype(dtype)
         self.__attrs_init__(
             int(dim), eps, dtype,
-            Param(np.ones(dim, dtype=dtype), name="weight"),
-            Param(np.zeros(dim, dtype=dtype), name="bias"))
+            Param.owning(np.ones(dim, dtype=dtype), name="weight"),
+            Param.owning(np.zeros(dim, dtype=dtype), name="bias"))
 
     def forward(self, x: Any, ctx: Context) -> tuple[Any, Any]:
         weight, bias = self.weight.value, self.bias.value

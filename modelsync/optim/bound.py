@@ -99,9 +99,9 @@ class Bound:
         raise NotImplementedError
 
     def zero_grad(self) -> None:
-        """Forget every bound Param's gradient (``.grad = None``, PyTorch's default)."""
-        for p in self._params:
-            p.grad = None
+        """Forget every bound Param's gradient (``.grad = None``, PyTorch's default); a flat
+        store's gradient buffer is kept for the next backward pass to write into."""
+        Param.clear_grads(self._params)
 
     # -- the maths' per-step numbers and default forms ---------------------------------------
     def scalars(self, step: int) -> tuple[Any, ...]:

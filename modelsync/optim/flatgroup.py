@@ -34,14 +34,17 @@ LARGE = 1 << 12
 
 @attrs.define(slots=True, eq=False)
 class Segment:
-    """A stretch of a run updated by one kernel call: members ``lo:hi`` of the run, the
-    params' storage ``data`` (a view of the store buffer), the gradient buffer they are
-    gathered into (None when the segment is one member's gradient as it comes), its state
-    arrays (views of the group's buffers, which an array-API kernel may replace) and its
-    kernel."""
+    """A stretch of a run updated by one kernel call: members ``lo:hi`` of the run, elements
+    ``start:end`` of the store's buffer (and of its gradient buffer), the params' storage
+    ``data`` (a view of the store buffer), the gradient buffer they are gathered into (None
+    when the segment is one member's gradient as it comes, or when the store's gradient
+    buffer holds them all), its state arrays (views of the group's buffers, which an
+    array-API kernel may replace) and its kernel."""
 
     lo: int
     hi: int
+    start: int
+    end: int
     data: Any
     grad_buffer: Any
     arrays: list[Any]
@@ -92,11 +95,17 @@ class FlatGroup:
         return {p: State(device, step, views)
                 for p, views in zip(self.members, member_views(self.state(), self), strict=True)}
 
-    def run(self, grads: list[Any]) -> None:
-        """One update of every member, from ``grads`` (one per member, none missing)."""
+    def run(self, grads: list[Any] | None) -> None:
+        """One update of every member, from ``grads`` (one per member, none missing), or,
+        with None, from the store's gradient buffer, which holds every member's gradient."""
         self.step += 1
         self.has_state = True
         step = self.step
+        if grads is None:
+            whole = self.store.grads
+            for seg in self.segments:
+                seg.kernel(seg.data, whole[seg.start:seg.end], step)
+            return
         host = self.device.kind == "host"
         for seg in self.segments:
             if seg.hi - seg.lo == 1:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .. import packing
 from ..devices import HOST
 from ..params import Param
 from ..transfers import copy_to
@@ -41,6 +42,10 @@ class Optimizer(Bound):
 
     def __init__(self, params: Iterable[Param], **hyper: Any) -> None:
         super().__init__(params, **hyper)
+        # A model built layer by layer trains at flat speed from its first step: the loose
+        # Params whose storage the library allocated are laid out flat (a Param over the
+        # user's own array keeps aliasing it: ms.flatten does that one).
+        packing.pack(self._params)
         self._states: dict[Param, State] = {}  # the Params updated one by one
         self._kernels: dict[Param, tuple[State, Kernel]] = {}  # each one's kernel
         self._plan: Plan | None = None
@@ -78,8 +83,11 @@ class Optimizer(Bound):
         if plan is None or plan.needs_replan():
             plan = self._replan()
         self._scalars.clear()
-        flat: list[tuple[FlatGroup, list[Any]]] = []
+        flat: list[tuple[FlatGroup, list[Any] | None]] = []
         for group in list(plan.groups):
+            if group.store.all_grads_set():
+                flat.append((group, None))  # every gradient is in the store's buffer already
+                continue
             grads = Param.grads_of(group.members)
             for g in grads:
                 if g is None:

@@ -111,6 +111,6 @@ def _make_group(rule: Any, scalars: Scalars, store: FlatStore, members: list[Par
                                contiguous=True)
         grad_buffer = np.empty(b - a, dtype=store.buffer.dtype) if host and hi - lo > 1 \
             else None
-        segments.append(Segment(lo, hi, store.buffer[start + a:start + b], grad_buffer,
-                                arrays, update))
+        segments.append(Segment(lo, hi, start + a, start + b, store.buffer[start + a:start + b],
+                                grad_buffer, arrays, update))
     return FlatGroup(store, first, members, step, buffers, segments, has_state=has_state)
