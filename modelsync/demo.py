@@ -180,6 +180,17 @@ def _out_folder(out: str | os.PathLike[str] | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
+class PhaseLedgers(dict):
+    """The transfer ledger of each named phase of a workflow (``with ledgers.track("train")``),
+    which the demo's table adds up."""
+
+    @contextlib.contextmanager
+    def track(self, name: str) -> Iterator[TransferLedger]:
+        with track_transfers() as ledger:
+            self[name] = ledger
+            yield ledger
+
+
 def run_mode(mode: str, dev: Device, data: tuple[np.ndarray, ...], *, epochs: int,
              folder: Path, progress: bool, seed: int) -> DemoRow:
     """One mode's workflow: convert, train, save back to host, reload and check, sync."""
@@ -187,13 +198,8 @@ def run_mode(mode: str, dev: Device, data: tuple[np.ndarray, ...], *, epochs: in
     from .optim import Adam
 
     x_train, y_train, x_test, y_test = data
-    ledgers: dict[str, TransferLedger] = {}
-
-    @contextlib.contextmanager
-    def phase(name: str) -> Iterator[None]:
-        with track_transfers() as ledger:
-            ledgers[name] = ledger
-            yield
+    ledgers = PhaseLedgers()
+    phase = ledgers.track
 
     original = build_model(seed)
     twin = to_host(original, mode="copy")  # a second copy of the same graph, for sync

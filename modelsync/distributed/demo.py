@@ -29,7 +29,6 @@ from ..devices import HOST, Device, cuda_status, device
 from ..errors import ArgumentError
 from ..io import load
 from ..train import train
-from ..transfers import TransferLedger, track_transfers
 from ..tree import graph_id, params
 from .comm import Comm
 from .data_parallel import DataParallel
@@ -104,13 +103,8 @@ def run_mode(comm: Comm, mode: str, dev: Device, data: tuple[np.ndarray, ...], *
     from ..optim import Adam
 
     x_train, y_train, x_test, y_test = data
-    ledgers: dict[str, TransferLedger] = {}
-
-    @contextlib.contextmanager
-    def phase(name: str) -> Iterator[None]:
-        with track_transfers() as ledger:
-            ledgers[name] = ledger
-            yield
+    ledgers = single.PhaseLedgers()
+    phase = ledgers.track
 
     with phase("replicate"):
         original = replicate(single.build_model(seed) if comm.rank == 0 else None, comm,
