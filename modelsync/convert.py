@@ -13,7 +13,6 @@ transfer_guard, a CoherenceError) leaves every model as it was.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,6 @@ from .tree import (
     require_model,
 )
 
-_param_module = sys.modules[Param.__module__]  # (its ``rehomes`` count: see _layout)
 MODES = ("copy", "move", "wrap")
 
 
@@ -122,13 +120,12 @@ Layout = list[tuple[list[Param], "Device | None", list[int], list[tuple[int, ...
 def _layout(model: Any) -> Layout:
     """``model``'s distinct Params grouped by dtype, each group with the one device its
     Params are on (None if several), their sizes and shapes. Cached with the walk, like the
-    sync plans, while no Param anywhere has been re-homed since (the only way a Param
-    changes device or shape)."""
+    sync plans: re-homing one of its Params (the only way a Param changes device or shape)
+    invalidates the walk."""
     walk = cache_of(model)
     cached = walk.derived.get("layout")
-    if cached is not None and cached[0] == _param_module.rehomes:
-        return cached[1]
-    rehomes = _param_module.rehomes
+    if cached is not None:
+        return cached
     seen: set[int] = set()
     distinct = []
     for _, p in walk.with_params:
@@ -141,7 +138,7 @@ def _layout(model: Any) -> Layout:
         layout.append((group, devices.pop() if len(devices) == 1 else None,
                        flat.sizes_of(group), [p.shape for p in group]))
     if walk.valid:
-        walk.derived["layout"] = (rehomes, layout)
+        walk.derived["layout"] = layout
     return layout
 
 

@@ -11,10 +11,8 @@ import numpy as np
 from .devices import Device, device_of, dtype_name, is_array, nbytes_of
 from .errors import ArgumentError, ArgumentTypeError, DeviceMismatchError
 from .transfers import copy_to
+from .watch import changed
 
-#: How many times any Param's storage was re-homed: lets an optimizer skip looking for moved
-#: Params on every step when nothing has moved since its last one.
-rehomes = 0
 #: How many Params are wrap-linked now (`set_link`): while none is, an update has no twin to
 #: pull from or hand over to, and `open_for_update` skips looking at a thousand Params.
 linked = 0
@@ -286,9 +284,8 @@ class Param:
     def rehome(self, data: Any, grad: Any = None, *, store: Any = None) -> None:
         """Point this Param at new storage, possibly on another device (a move, a load onto
         a device), viewing ``store``'s buffer if given; the old storage is dropped and the
-        flat store it was part of is broken."""
-        global rehomes
-        rehomes += 1
+        flat store it was part of is broken, and the caches that hold this Param (the walks
+        of the models it is in, with their sync plans and layouts; see watch.py) are told."""
         old = self._store
         if old is not None and old is not store:
             old.broken = True
@@ -299,6 +296,7 @@ class Param:
         self._store = store
         self._gview = None  # (a view of the new store's gradient buffer is made when asked)
         self._owned = True  # (the new storage is the library's)
+        changed(self)
 
     def set_grad_view(self, view: Any) -> None:
         """Take ``view``, a slice of this Param's store's gradient buffer, as where backward

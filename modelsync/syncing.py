@@ -7,7 +7,6 @@ buffer at a time wherever flat stores allow (see `SyncGroup` and `_stage`).
 
 from __future__ import annotations
 
-import sys
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +24,6 @@ from .transfers import copy_to
 from .tree import cache_of, graph_id, param_paths, require_model
 from .xp import concat_flat, concat_into
 
-_param_module = sys.modules[Param.__module__]  # (its ``rehomes`` count: see SyncGroup)
 #: A soft sync into loose host Params gathers them into one buffer (`Scatter`) while they
 #: average fewer elements than this: below it a call per Param costs more than the two
 #: extra passes over memory (1,000 Params of 528 elements: 16-24× one flat copy with a call
@@ -152,12 +150,13 @@ class SyncGroup:
     whole-buffer copy still applies: checking that is O(1) per sync, not O(Params).
 
     ``src_device`` and ``dst_device`` are the one device every src (dst) Param was on (None
-    if several), valid while no Param anywhere has been re-homed since (``params.rehomes``):
-    what lets loose src values be concatenated straight into dst's buffer, and loose host
-    dst values be soft-updated as one buffer."""
+    if several): what lets loose src values be concatenated straight into dst's buffer, and
+    loose host dst values be soft-updated as one buffer. They, and which store a Param is
+    in, change only when a Param of the plan is re-homed, and that invalidates the walk of
+    its model, so the plan is never used again (`_sync_plan`)."""
 
     __slots__ = ("dsts", "srcs", "dst_store", "src_store", "dst_alone", "src_alone",
-                 "src_device", "dst_device", "rehomes", "small")
+                 "src_device", "dst_device", "small")
 
     def __init__(self, pairs: list[tuple[Param, Param]]) -> None:
         self.dsts = [d for d, _ in pairs]
@@ -165,7 +164,6 @@ class SyncGroup:
         self._find_stores()
 
     def _find_stores(self) -> None:
-        self.rehomes = _param_module.rehomes
         many = len(self.dsts) > 1
         self.dst_alone = flat.intact_store(self.dsts) if many else None
         self.src_alone = flat.intact_store(self.srcs) if many else None
@@ -188,10 +186,11 @@ class SyncGroup:
         return store
 
     def _recheck(self) -> None:
-        """Look for the stores again if one broke, or if a Param was re-homed since (the only
-        way a Param of the plan can join a store made later, or change device)."""
+        """Look for the stores again if one broke (two flag reads: a re-homed member breaks
+        its store, and also invalidates its model's walk, so the plan is normally remade
+        before it gets here)."""
         dst_store, src_store = self.dst_alone, self.src_alone
-        if (self.rehomes != _param_module.rehomes or (dst_store is not None and dst_store.broken)
+        if ((dst_store is not None and dst_store.broken)
                 or (src_store is not None and src_store.broken)):
             self._find_stores()
 

@@ -104,14 +104,16 @@ def require_model(model: Any, argument: str = "model") -> None:
 
 # -- traversal ----------------------------------------------------------------------------
 # Each model's walk (and what is derived from it: its graph id, its sync plans) is cached in
-# `_walks`, keyed weakly by the model, and subscribed (watch.py) to every layer and
-# TrackedList it passed through: a change to one of them invalidates exactly the walks that
-# hold it. Trees holding what can change unseen (a plain list) are walked afresh each time.
+# `_walks`, keyed weakly by the model, and subscribed (watch.py) to every layer, TrackedList
+# and Param it passed through: a change to one of them (a Param's: `Param.rehome`)
+# invalidates exactly the walks that hold it. Trees holding what can change unseen (a plain
+# list) are walked afresh each time.
 class Walked:
     """One model's walk, cached with what is derived from it: every (path, node) below the
     model, its (path, Param) pairs, the first layer in it that was moved away (path, where),
     its graph id once asked for, and ``derived`` (syncing.py keeps its sync plans there,
-    convert.py its layout). ``valid`` while no node it passed through has changed (see watch.py)."""
+    convert.py its layout). ``valid`` while no node it passed through has changed, nor any
+    of its Params been re-homed (see watch.py)."""
 
     __slots__ = ("found", "with_params", "moved", "valid", "graph_id", "derived", "__weakref__")
 
@@ -162,8 +164,7 @@ def cache_of(model: Any) -> Walked:
     for item in found:
         if type(item[1]) is Param:
             with_params.append(item)
-        else:
-            tracked.append(item[1])
+        tracked.append(item[1])  # (a Param too: re-homing it changes its device and store)
     moved = None
     if len(_moved):
         for path, node in found:

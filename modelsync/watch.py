@@ -1,9 +1,11 @@
-"""Change notification for model trees: who must hear that a layer or a TrackedList changed.
+"""Change notification for model trees: who must hear that a layer, a TrackedList or a Param
+changed.
 
-A cached walk of a model (tree.py) subscribes to every layer and TrackedList it passed
-through. Assigning a layer field or editing a TrackedList tells exactly the caches that hold
-that node, and no other: editing model A leaves model B's caches valid, and a change to a
-node no cache holds (every assignment while a layer is being built) costs one dict look-up.
+A cached walk of a model (tree.py) subscribes to every layer, TrackedList and Param it passed
+through. Assigning a layer field, editing a TrackedList or re-homing a Param (`Param.rehome`:
+new storage, maybe on another device) tells exactly the caches that hold that node, and no
+other: editing or moving model A leaves model B's caches valid, and a change to a node no
+cache holds (every assignment while a layer is being built) costs one dict look-up.
 Subscriptions are weak both ways: they keep neither the node nor the cache alive.
 """
 

@@ -143,6 +143,24 @@ def test_data_parallel_in_a_world_of_one_is_the_optimizer(comm):
     assert "DataParallel(Adam" in repr(dp)
 
 
+def test_data_parallel_remakes_its_plans_only_when_its_own_params_move(comm):
+    model, other = layers.Chain(layers.Dense(3, 2, seed=0)), layers.Chain(layers.Dense(3, 2))
+    dp = D.DataParallel(optim.SGD(ms.params(model), lr=0.1), comm)
+    for p in ms.params(model):
+        p.grad = np.ones(p.shape, np.float32)
+    dp.average_gradients()
+    (plan,) = dp._plans.values()
+    ms.to_device(other, "sim:1", mode="move")  # another model's Params: nothing to remake
+    ms.flatten(layers.Chain(layers.Dense(2, 2)))
+    dp.average_gradients()
+    assert list(dp._plans.values()) == [plan]
+    weight = model.layers[0].weight  # one of its own moves: its gradient is on sim:1 now
+    weight.rehome(ms.to_device(weight.value, "sim:1"), ms.to_device(weight.grad, "sim:1"))
+    dp.average_gradients()
+    (remade,) = dp._plans.values()
+    assert remade is not plan and remade.groups[0].device is None  # (host and sim:1)
+
+
 @pytest.mark.parametrize(("make", "error", "words"), [
     (lambda m, c: D.DataParallel(ms.params(m), c), ms.ArgumentTypeError, "optimizer is a"),
     (lambda m, c: D.DataParallel(D.DataParallel(optim.SGD(ms.params(m), lr=0.1), c), c),

@@ -475,3 +475,52 @@ def test_an_array_in_the_configuration_is_read_afresh_by_graph_id():
     first = ms.graph_id(model)
     model.scale[0] = 5.0  # changed in place: no event, so nothing about it may be cached
     assert ms.graph_id(model) != first
+
+
+# -- a re-homed Param invalidates the caches that hold it, and no other (issue 10) -------------
+def _cached_everything(model):
+    """``model``'s walk, a sync plan into a twin of it, and its conversion layout, all cached."""
+    twin = ms.to_device(model, "sim:1")
+    ms.sync(twin, model, check="structure")
+    ms.to_host(model)  # (caches the layout)
+    walk = tree.cache_of(model)
+    return twin, walk, syncing._sync_plan(twin, model, "structure"), walk.derived["layout"]
+
+
+@pytest.mark.parametrize("change", [
+    lambda a: ms.to_device(a, "sim:2", mode="move"),
+    ms.flatten,
+    lambda a: ms.params(a)[0].rehome(np.zeros((4, 3), np.float32)),
+])
+def test_rehoming_one_models_params_leaves_another_models_caches_alone(change, monkeypatch):
+    a, b = _chain(), layers.Chain(layers.Dense(3, 4, seed=2), layers.Dense(4, 2, seed=3))
+    twin, walk, plan, layout = _cached_everything(b)
+    a_walk = tree.cache_of(a)
+    change(a)
+    assert not a_walk.valid  # (a's Params were re-homed: its own walk goes)
+    looked_up = []  # a plan whose stores are looked up again is not one that stayed valid
+    intact_store = syncing.flat.intact_store
+    monkeypatch.setattr(syncing.flat, "intact_store",
+                        lambda group: looked_up.append(group) or intact_store(group))
+    ms.sync(twin, b, check="structure")
+    assert looked_up == []
+    ms.to_host(b)
+    assert tree.cache_of(b) is walk and walk.valid
+    assert syncing._sync_plan(twin, b, "structure") is plan
+    assert walk.derived["layout"] is layout
+
+
+def test_rehoming_a_param_invalidates_every_walk_that_holds_it():
+    model = _chain()
+    twin, walk, plan, _ = _cached_everything(model)
+    twin_walk = tree.cache_of(twin)
+    weight = model.layers[0].weight
+    weight.rehome(ms.to_device(np.full((4, 3), 7.0, np.float32), "sim:2"))
+    assert not walk.valid and "layout" not in walk.derived
+    assert twin_walk.valid  # (twin holds none of model's Params)
+    assert syncing._sync_plan(twin, model, "structure") is not plan
+    ms.sync(twin, model, check="structure")  # reads the Param where it is now
+    np.testing.assert_array_equal(np.asarray(ms.to_host(twin.layers[0].weight.value)),
+                                  np.full((4, 3), 7.0, np.float32))
+    host = ms.to_host(model)  # a layout made afresh: the weight is on sim:2 now
+    np.testing.assert_array_equal(host.layers[0].weight.value, np.full((4, 3), 7.0, np.float32))

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from .. import flat
-from .. import params as params_module
 from ..checks import match_check
 from ..devices import HOST, dtype_name
 from ..errors import ArgumentTypeError
 from ..params import Param
+from ..watch import subscribe
 from ..xp import concat_flat
 from . import transport
 from .comm import Comm
@@ -71,11 +71,11 @@ class DataParallel:
         self._static = hashlib.blake2b(repr((REASON, check, self._rows)).encode(),
                                        digest_size=32).digest()
         self._plans: dict[bytes, _Plan] = {}
-        self._rehomes = params_module.rehomes  # Param moves seen when the plans were made
         #: The flat store that is exactly the bound Params, in order (None if they are not
         #: one), and the gradient mask when all of them have gradients.
         self._store = flat.intact_store(self._params)
         self._all = bytes([1]) * len(self._params)
+        self._moved = _Moved(self._params)  # told when a bound Param is re-homed
 
     # -- the optimizer's face --------------------------------------------------------------
     @property
@@ -108,10 +108,10 @@ class DataParallel:
         """Replace each bound Param's gradient by the mean over the ranks: one agreement, then
         one buffer collective per dtype. Params no rank has a gradient for are left out."""
         comm = self.comm
-        if self._rehomes != params_module.rehomes:  # a Param moved: its buffers are elsewhere
+        if self._moved.seen:  # a bound Param moved: its buffers are elsewhere
             self._plans.clear()
-            self._rehomes = params_module.rehomes
             self._store = flat.intact_store(self._params)
+            self._moved = _Moved(self._params)
         store = self._store
         if store is not None and store.all_grads_set():
             mask = self._all  # (every gradient is in the store's buffer: no need to look)
@@ -152,6 +152,21 @@ def inner_optimizer(optimizer: Any) -> Any:
 
 def _hex(rows: list[Any]) -> str:
     return hashlib.blake2b(repr(rows).encode(), digest_size=16).hexdigest()
+
+
+class _Moved:
+    """Told (watch.py) when one of ``params`` is re-homed: then the gradient plans, made for
+    their devices and stores, are remade. A new one is made each time (the old one, held by
+    nothing else, drops out of the Params' subscriptions), so no subscription piles up."""
+
+    __slots__ = ("seen", "__weakref__")
+
+    def __init__(self, params: tuple[Param, ...]) -> None:
+        self.seen = False
+        subscribe(params, self)
+
+    def invalidate(self) -> None:
+        self.seen = True
 
 
 class _Plan:
