@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import params as params_module
 from .devices import Device, device_of, dtype_name
 from .params import Param
 from .transfers import copy_to
@@ -188,9 +189,11 @@ def gather(group: Sequence[Param], read: Callable[[Param], Any]) -> Any:
 
 def store_values(store: FlatStore, group: Sequence[Param], read: Callable[[Param], Any]) -> Any:
     """The buffer of ``store``, which holds exactly ``group``, once each member is read
-    (wrap mode: brought up to date in place)."""
-    for p in group:
-        read(p)
+    (wrap mode: brought up to date in place; while no Param anywhere is wrap-linked a read
+    changes nothing, so none is made)."""
+    if params_module.linked:
+        for p in group:
+            read(p)
     return store.buffer
 
 
