@@ -136,13 +136,12 @@ def host_views(buffer: np.ndarray, offsets: Sequence[int], sizes: Sequence[int],
     if not buffer.flags.c_contiguous:
         return [buffer[o:o + n].reshape(shape)
                 for o, n, shape in zip(offsets, sizes, shapes, strict=True)]
-    views: list[Any] = [None] * len(shapes)
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, shape in enumerate(shapes):
-        by_shape.setdefault(tuple(shape), []).append(i)
+    offsets = list(offsets)
+    views: list[Any] = [None] * len(offsets)
     item = buffer.itemsize
-    for shape, where in by_shape.items():
-        starts = [offsets[i] for i in where]
+    for shape, where in _shape_groups(list(shapes)):
+        starts = offsets[where.start:where.stop:where.step] if type(where) is range else [
+            offsets[i] for i in where]
         step = starts[1] - starts[0] if len(starts) > 1 else 0
         if (not shape or step <= 0 or step < math.prod(shape)
                 or starts != list(range(starts[0], starts[-1] + 1, step))):
@@ -155,9 +154,27 @@ def host_views(buffer: np.ndarray, offsets: Sequence[int], sizes: Sequence[int],
             inner[d] = inner[d + 1] * shape[d + 1]
         rows = np.ndarray((len(where), *shape), dtype=buffer.dtype, buffer=buffer,
                           offset=starts[0] * item, strides=(step * item, *inner))
-        for i, view in zip(where, rows, strict=True):
-            views[i] = view
+        if type(where) is range:
+            views[where.start:where.stop:where.step] = rows  # (the rows' views, made in C)
+        else:
+            for i, view in zip(where, rows, strict=True):
+                views[i] = view
     return views
+
+
+def _shape_groups(shapes: list[tuple[int, ...]]
+                  ) -> list[tuple[tuple[int, ...], range | list[int]]]:
+    """(shape, indices) covering every index once, each group of one shape. A sequence that
+    repeats with a short period (a stack of like layers: weight, bias, weight, bias...) gives
+    one range per place in the period, found by list comparisons alone."""
+    count = len(shapes)
+    for period in range(1, min(count, 8) + 1):
+        if shapes[period:] == shapes[:count - period]:
+            return [(tuple(shapes[j]), range(j, count, period)) for j in range(period)]
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        by_shape.setdefault(tuple(shape), []).append(i)
+    return list(by_shape.items())
 
 
 def intact_store(group: Sequence[Param]) -> FlatStore | None:
