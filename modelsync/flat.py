@@ -15,10 +15,12 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Sequence
+from itertools import accumulate, repeat
 from typing import Any
 
 import numpy as np
 
+from . import params as params_module
 from .devices import Device, device_of, dtype_name
 from .params import Param
 from .transfers import copy_to
@@ -32,20 +34,18 @@ class FlatStore:
     holds its members weakly. So a discarded model frees its Params, and with the last of
     them the store and its buffer, by reference counting alone."""
 
-    __slots__ = ("buffer", "_members", "_ids", "_all_alive", "offsets", "sizes", "broken",
+    __slots__ = ("buffer", "_members", "_ids", "_lost", "offsets", "sizes", "broken",
                  "grads", "grads_set", "__weakref__")
 
     def __init__(self, buffer: Any, sizes: Sequence[int]) -> None:
         self.buffer = buffer
         self._members: list[weakref.ref[Param]] = []
         self._ids: list[int] = []
-        self._all_alive = True
+        #: The weak references of members that have been freed (their callback appends them:
+        #: a C call, so freeing a thousand-Param model runs no Python per Param).
+        self._lost: list[weakref.ref[Param]] = []
         self.sizes = list(sizes)
-        self.offsets = [0] * len(self.sizes)
-        total = 0
-        for i, size in enumerate(self.sizes):
-            self.offsets[i] = total
-            total += size
+        self.offsets = list(accumulate(self.sizes, initial=0))[:-1]  # (a C loop)
         self.broken = False
         #: The gradient buffer (made at the first backward pass, `ensure_grads`): each member
         #: accumulates into its view of it. ``grads_set`` counts the members whose ``.grad`` is
@@ -59,15 +59,15 @@ class FlatStore:
         return [ref() for ref in self._members]
 
     def hold(self, members: Sequence[Param]) -> None:
-        """Take ``members`` (weakly)."""
-        lost = _on_loss(weakref.ref(self))
-        self._members = [weakref.ref(p, lost) for p in members]
-        self._ids = [id(p) for p in members]
+        """Take ``members`` (weakly). A member's death is recorded by ``list.append`` as the
+        weak reference's callback: no Python function runs per freed Param."""
+        self._members = list(map(weakref.ref, members, repeat(self._lost.append)))
+        self._ids = list(map(id, members))
 
     def holds(self, group: Sequence[Param]) -> bool:
         """Whether ``group`` is exactly this store's members, in order, and none was moved
         away. (While every member is alive, their ids are theirs alone.)"""
-        return not self.broken and self._all_alive and list(map(id, group)) == self._ids
+        return not self.broken and not self._lost and list(map(id, group)) == self._ids
 
     @property
     def device(self) -> Device:
@@ -76,6 +76,8 @@ class FlatStore:
     def views(self, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
         """Each member's slice of the buffer, reshaped."""
         buffer = self.buffer
+        if type(buffer) is np.ndarray:
+            return host_views(buffer, self.offsets, self.sizes, shapes)
         if hasattr(buffer, "reshape"):  # NumPy and CuPy: the method skips a Python wrapper
             return [buffer[o:o + n].reshape(shape)
                     for o, n, shape in zip(self.offsets, self.sizes, shapes, strict=True)]
@@ -115,7 +117,9 @@ class FlatStore:
 
 def _views_of(buffer: Any, offsets: Sequence[int], sizes: Sequence[int],
               shapes: Sequence[tuple[int, ...]]) -> list[Any]:
-    if isinstance(buffer, np.ndarray) or hasattr(buffer, "reshape"):
+    if type(buffer) is np.ndarray:
+        return host_views(buffer, offsets, sizes, shapes)
+    if hasattr(buffer, "reshape"):
         return [buffer[o:o + n].reshape(shape)
                 for o, n, shape in zip(offsets, sizes, shapes, strict=True)]
     xp = device_of(buffer).xp
@@ -123,13 +127,54 @@ def _views_of(buffer: Any, offsets: Sequence[int], sizes: Sequence[int],
             for o, n, shape in zip(offsets, sizes, shapes, strict=True)]
 
 
-def _on_loss(store: weakref.ref[FlatStore]) -> Any:
-    def lost(_: Any) -> None:  # a member was freed: no group can be all of them now
-        found = store()
-        if found is not None:
-            found._all_alive = False
+def host_views(buffer: np.ndarray, offsets: Sequence[int], sizes: Sequence[int],
+               shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    """Views of a 1-D host ``buffer``, one per (offset, size, shape), made a few at a time:
+    the members of one shape whose offsets step evenly (every layer of a stack of like
+    layers) are the rows of one strided array, and iterating it makes their views in C.
+    A thousand slices and reshapes cost more than the copy of a 2 MiB model."""
+    if not buffer.flags.c_contiguous:
+        return [buffer[o:o + n].reshape(shape)
+                for o, n, shape in zip(offsets, sizes, shapes, strict=True)]
+    offsets = list(offsets)
+    views: list[Any] = [None] * len(offsets)
+    item = buffer.itemsize
+    for shape, where in _shape_groups(list(shapes)):
+        starts = offsets[where.start:where.stop:where.step] if type(where) is range else [
+            offsets[i] for i in where]
+        step = starts[1] - starts[0] if len(starts) > 1 else 0
+        if (not shape or step <= 0 or step < math.prod(shape)
+                or starts != list(range(starts[0], starts[-1] + 1, step))):
+            for i in where:  # (a 0-d member, or no even step: one slice each)
+                o = offsets[i]
+                views[i] = buffer[o:o + sizes[i]].reshape(shape)
+            continue
+        inner = [item] * len(shape)  # (C-order strides of one member)
+        for d in range(len(shape) - 2, -1, -1):
+            inner[d] = inner[d + 1] * shape[d + 1]
+        rows = np.ndarray((len(where), *shape), dtype=buffer.dtype, buffer=buffer,
+                          offset=starts[0] * item, strides=(step * item, *inner))
+        if type(where) is range:
+            views[where.start:where.stop:where.step] = rows  # (the rows' views, made in C)
+        else:
+            for i, view in zip(where, rows, strict=True):
+                views[i] = view
+    return views
 
-    return lost
+
+def _shape_groups(shapes: list[tuple[int, ...]]
+                  ) -> list[tuple[tuple[int, ...], range | list[int]]]:
+    """(shape, indices) covering every index once, each group of one shape. A sequence that
+    repeats with a short period (a stack of like layers: weight, bias, weight, bias...) gives
+    one range per place in the period, found by list comparisons alone."""
+    count = len(shapes)
+    for period in range(1, min(count, 8) + 1):
+        if shapes[period:] == shapes[:count - period]:
+            return [(tuple(shapes[j]), range(j, count, period)) for j in range(period)]
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        by_shape.setdefault(tuple(shape), []).append(i)
+    return list(by_shape.items())
 
 
 def intact_store(group: Sequence[Param]) -> FlatStore | None:
@@ -161,9 +206,11 @@ def gather(group: Sequence[Param], read: Callable[[Param], Any]) -> Any:
 
 def store_values(store: FlatStore, group: Sequence[Param], read: Callable[[Param], Any]) -> Any:
     """The buffer of ``store``, which holds exactly ``group``, once each member is read
-    (wrap mode: brought up to date in place)."""
-    for p in group:
-        read(p)
+    (wrap mode: brought up to date in place; while no Param anywhere is wrap-linked a read
+    changes nothing, so none is made)."""
+    if params_module.linked:
+        for p in group:
+            read(p)
     return store.buffer
 
 
@@ -205,8 +252,6 @@ def params_on(buffer: Any, like: Sequence[Param], *, sizes: Sequence[int] | None
     store = FlatStore(buffer, sizes_of(like) if sizes is None else sizes)
     where = store.device
     views = store.views([p.shape for p in like] if shapes is None else shapes)
-    in_store = Param.in_store
-    made = [in_store(view, where, name=p.name, origin=p.origin, store=store)
-            for p, view in zip(like, views, strict=True)]
+    made = Param.twins_in_store(views, where, like, store)
     store.hold(made)
     return made

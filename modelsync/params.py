@@ -253,6 +253,30 @@ class Param:
         p.origin = origin
         return p
 
+    @classmethod
+    def twins_in_store(cls, views: Sequence[Any], device: Device, like: Sequence[Param],
+                       store: Any) -> list[Param]:
+        """``in_store`` for a whole store at once: one new Param per view, with the name and
+        origin of the Param of ``like`` at the same place. A conversion makes a thousand of
+        these, so the slots are set in one loop here, not through a keyword call each."""
+        new = object.__new__
+        made = []
+        append = made.append
+        for data, twin in zip(views, like, strict=True):
+            p = new(cls)
+            p._data = data
+            p._grad = None
+            p._device = device
+            p._readonly = None
+            p._link = None
+            p._store = store
+            p._owned = True
+            p._gview = None
+            p.name = twin.name
+            p.origin = twin.origin
+            append(p)
+        return made
+
     def storage(self) -> Any:
         """The storage as it is: no wrap-mode pull, no hand-over (what a move copies, what
         coherence pulls into and from, what a sync that already did the hand-over writes)."""
