@@ -21,6 +21,7 @@ from . import coherence, flat
 from .devices import HOST, Device, device, is_array
 from .errors import ArgumentError, CoherenceError
 from .params import Param
+from .rebuild import rebuild
 from .syncing import sync as sync  # (re-exported: `from .convert import sync` still works)
 from .transfers import copy_to, to_device_array
 from .tree import (
@@ -28,7 +29,6 @@ from .tree import (
     is_layer,
     mark_moved,
     params,
-    rebuild,
     require_model,
 )
 

@@ -1,19 +1,15 @@
-"""Model trees: the layer registry, traversal, params/named_params, graph identity, and the one
-map-with-memo that every conversion is built on.
+"""Model trees: the layer registry, traversal, params/named_params, graph identity, each
+model's cached walk, and the marks of moved layers (the map every conversion is built on
+is `rebuild.py`).
 
 A model is a tree of registered layers (attrs classes) whose fields hold Params, other
 layers, lists or tuples of them, or static configuration. A node seen twice (a tied Param,
-a shared layer) is visited once by `params` and handled once by `rebuild`, and the result
-keeps the sharing (the guarantee Functors.jl's ``fmap`` states).
+a shared layer) is visited once by `params`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
-import keyword
-import types
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -25,7 +21,8 @@ from .params import Param
 from .watch import TrackedList, changed, subscribe, tracking_setattr
 
 _REGISTRY: dict[str, type] = {}
-_LAYER_TYPES: set[type] = set()  # the registered classes, for an O(1) is_layer
+LAYER_TYPES: set[type] = set()  # the registered classes, for an O(1) is_layer
+PLAIN_CONFIG = frozenset({int, float, str, bool, type(None)})  # configuration kept as it is
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # each layer class's attrs field names
 
 def register_layer(cls: type, name: str | None = None) -> type:
@@ -47,13 +44,12 @@ def register_layer(cls: type, name: str | None = None) -> type:
         cls.__setattr__ = tracking_setattr(cls.__setattr__)
     _refuse_copies_when_moved(cls)
     if known is not None:
-        _LAYER_TYPES.discard(known)
+        LAYER_TYPES.discard(known)
     _REGISTRY[key] = cls
-    _LAYER_TYPES.add(cls)
+    LAYER_TYPES.add(cls)
     for cached in _walks.values():  # a tree walked before may hold instances of this class
         cached.invalidate()         # as configuration: it now walks into them
     _FIELD_NAMES.pop(cls, None)
-    _COPIERS.pop(cls, None)
     cls.__ms_layer_name__ = key
     return cls
 
@@ -68,7 +64,7 @@ def layer_name(node: Any) -> str:
 
 
 def is_layer(value: Any) -> bool:
-    return type(value) in _LAYER_TYPES
+    return type(value) in LAYER_TYPES
 
 
 def field_names(cls: type) -> tuple[str, ...]:
@@ -193,10 +189,10 @@ def _walk_value(value: Any, path: str, found: list[tuple[str, Any]], tracked: li
     kind = type(value)
     if kind is Param:
         found.append((path, value))
-    elif kind in _LAYER_TYPES:
+    elif kind in LAYER_TYPES:
         found.append((path, value))
         _walk_layer(value, path + ".", found, tracked, watchable)
-    elif kind in _PLAIN:
+    elif kind in PLAIN_CONFIG:
         pass
     else:
         if kind is TrackedList:
@@ -301,102 +297,6 @@ def _graph_id(model: Any, found: list[tuple[str, Any]]) -> str:
             digest.update(f"L|{path}|{layer_name(node)}|{config}\n".encode())
     digest.update(f"R|{layer_name(model)}|{sorted(static_config(model).items())!r}".encode())
     return digest.hexdigest()[:32]
-
-
-# -- map with memo ------------------------------------------------------------------------
-def rebuild(model: Any, on_param: Callable[[Param], Param], memo: dict[int, Any] | None = None
-            ) -> Any:
-    """A new tree like ``model`` whose Params are ``on_param(p)``; each Param and layer seen
-    twice is mapped once, so ties and shared layers survive."""
-    memo = {} if memo is None else memo
-    return _rebuild_value(model, on_param, memo)
-
-
-_PLAIN = frozenset({int, float, str, bool, type(None)})  # configuration kept as it is
-
-
-def _rebuild_value(value: Any, on_param: Callable[[Param], Param], memo: dict[int, Any]) -> Any:
-    # (type checks by identity first: this runs once per node of every conversion)
-    kind = type(value)
-    if kind is Param or kind in _LAYER_TYPES:
-        key = id(value)
-        made = memo.get(key)
-        if made is None:
-            if kind is Param:
-                made = on_param(value)
-            else:  # a layer, field by field, without running __init__
-                copier = _COPIERS.get(kind) or _make_copier(kind)
-                made = copier(value, on_param, memo)
-            memo[key] = made
-        return made
-    if (kind is TrackedList or kind is list or kind is tuple
-            or isinstance(value, (list, tuple))) and value and is_container(value):
-        items = _rebuild_items(value, on_param, memo)
-        return kind(*items) if hasattr(value, "_fields") else kind(items)
-    return value
-
-
-def _rebuild_items(value: Any, on_param: Callable[[Param], Param], memo: dict[int, Any]
-                   ) -> list[Any]:
-    """``_rebuild_value`` of each item of a container, a layer's copier called from here (a
-    Chain's list holds hundreds of them: one Python call each, not two)."""
-    items = []
-    append = items.append
-    get = memo.get
-    for v in value:
-        kind = type(v)
-        if kind in _LAYER_TYPES:
-            made = get(id(v))
-            if made is None:
-                made = memo[id(v)] = (_COPIERS.get(kind) or _make_copier(kind))(
-                    v, on_param, memo)
-            append(made)
-        else:
-            append(_rebuild_value(v, on_param, memo))
-    return items
-
-
-#: layer class -> the function that copies one of its layers for `_rebuild_value`
-_COPIERS: dict[type, Callable[[Any, Callable[[Param], Param], dict[int, Any]], Any]] = {}
-
-_COPY_FIELD = """
-    v = {read}
-    t = type(v)
-    if t in plain:
-        pass
-    elif t is Param:
-        v = get(id(v)) or rebuild_value(v, on_param, memo)
-    else:
-        v = rebuild_value(v, on_param, memo)
-    {write}"""
-
-
-def _make_copier(kind: type) -> Callable[[Any, Callable[[Param], Param], dict[int, Any]], Any]:
-    """A function copying a ``kind`` layer field by field (without running ``__init__`` or
-    the attrs converters), its fields' reads and writes spelled out: a conversion copies
-    hundreds of layers, and a loop over the field names with ``getattr`` and
-    ``object.__setattr__`` costs twice as much. (attrs writes its ``__init__`` this way.)
-    A slot is written through its member descriptor, any other field by
-    ``object.__setattr__``."""
-    env: dict[str, Any] = {"new": kind.__new__, "kind": kind, "Param": Param, "plain": _PLAIN,
-                           "rebuild_value": _rebuild_value, "osa": object.__setattr__,
-                           "gets": getattr}
-    lines = ["def copy(value, on_param, memo):", "    made = new(kind)", "    get = memo.get"]
-    for i, name in enumerate(field_names(kind)):
-        plain = name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("__")
-        env[f"name{i}"] = name
-        read = f"value.{name}" if plain else f"gets(value, name{i})"
-        slot = inspect.getattr_static(kind, name, None)
-        if type(slot) is types.MemberDescriptorType:
-            env[f"set{i}"] = slot.__set__
-            write = f"set{i}(made, v)"
-        else:
-            write = f"osa(made, name{i}, v)"
-        lines.append(_COPY_FIELD.format(read=read, write=write))
-    lines.append("    return made")
-    exec("\n".join(lines), env)  # noqa: S102 (names are checked identifiers or passed in env)
-    copier = _COPIERS[kind] = env["copy"]
-    return copier
 
 
 # -- moved models ---------------------------------------------------------------------------

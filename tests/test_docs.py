@@ -52,14 +52,14 @@ def _cases() -> list:
 def _layer_registry_restored():
     """Blocks register example layers (@ms.layer); forget them afterwards so they cannot
     collide with layers other tests register."""
-    registry, types = dict(tree._REGISTRY), set(tree._LAYER_TYPES)
+    registry, types = dict(tree._REGISTRY), set(tree.LAYER_TYPES)
     try:
         yield
     finally:
         tree._REGISTRY.clear()
         tree._REGISTRY.update(registry)
-        tree._LAYER_TYPES.clear()
-        tree._LAYER_TYPES.update(types)
+        tree.LAYER_TYPES.clear()
+        tree.LAYER_TYPES.update(types)
 
 
 @pytest.mark.parametrize(("relative", "line", "code"), _cases())

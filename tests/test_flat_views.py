@@ -1,6 +1,6 @@
 """The batched creation paths of a conversion: a store's host views made as rows of strided
 arrays (`flat.host_views`), its Params made in one loop, member deaths recorded without a
-Python callback, and layers copied by generated per-class functions (`tree.rebuild`)."""
+Python callback, and layers copied by generated per-class functions (`rebuild.rebuild`)."""
 
 from __future__ import annotations
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import modelsync as ms
-from modelsync import layers, tree
+from modelsync import layers
 from modelsync.devices import HOST, cuda_status, device_of
 from modelsync.params import Param
+from modelsync.rebuild import rebuild
 from modelsync.transfers import copy_to
 
 GPU_COUNT, GPU_WHY = cuda_status()
@@ -86,7 +87,7 @@ def test_dense_forward_on_cuda_equals_host() -> None:
         q.origin = p.origin
         return q
 
-    gpu_model = tree.rebuild(model, to_cuda)
+    gpu_model = rebuild(model, to_cuda)
     assert all(p.device == cuda for p in ms.params(gpu_model))
     assert ms.graph_id(gpu_model) == ms.graph_id(model)
     x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)

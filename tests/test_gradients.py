@@ -13,6 +13,7 @@ import modelsync as ms
 from modelsync import layers, losses
 from modelsync.devices import device_of
 from modelsync.layers.base import Context
+from modelsync.rebuild import rebuild
 from modelsync.transfers import copy_to
 
 FD_EPS = 1e-6
@@ -232,7 +233,7 @@ def test_backprop_through_model_and_loss(dev, name, batch, width, seed):
 
 def objective_on_host(model, loss, x, target, seed) -> float:
     host = {id(p): to_numpy(p.value) for p in ms.params(model)}
-    copy = ms.tree.rebuild(model, lambda p: ms.Param(host[id(p)]))
+    copy = rebuild(model, lambda p: ms.Param(host[id(p)]))
     out, _ = copy.forward(x, Context(train=True, rng=np.random.default_rng(seed)))
     return float(loss(out, target))
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import modelsync as ms
 from modelsync import layers, syncing, tree
 from modelsync.params import Param
+from modelsync.rebuild import rebuild
 
 
 @ms.layer
@@ -135,7 +136,7 @@ def test_sharing_patterns(picks: list[int]) -> None:
     assert set(tree.aliases(model)) == {path for path, _ in places} - set(named)
     for later, first in tree.aliases(model).items():
         assert dict(places)[later] is named[first]
-    rebuilt = tree.rebuild(model, _same_origin)
+    rebuilt = rebuild(model, _same_origin)
     for i in range(len(picks)):
         for j in range(len(picks)):
             assert (rebuilt.layers[i] is rebuilt.layers[j]) == (picks[i] == picks[j])
@@ -156,7 +157,7 @@ def test_graph_id_stable_and_distinct() -> None:
 
 def test_graph_id_same_after_identity_rebuild() -> None:
     model = _mlp()
-    rebuilt = tree.rebuild(model, lambda p: p)
+    rebuilt = rebuild(model, lambda p: p)
     assert rebuilt is not model and rebuilt.layers[0] is not model.layers[0]
     assert ms.params(rebuilt) == ms.params(model)
     assert ms.graph_id(rebuilt) == ms.graph_id(model)
@@ -164,16 +165,16 @@ def test_graph_id_same_after_identity_rebuild() -> None:
 
 def test_graph_id_same_after_rebuild_with_new_params_keeping_origin() -> None:
     model = _mlp()
-    rebuilt = tree.rebuild(model, _same_origin)
+    rebuilt = rebuild(model, _same_origin)
     assert all(a is not b for a, b in zip(ms.params(rebuilt), ms.params(model), strict=True))
     assert ms.graph_id(rebuilt) == ms.graph_id(model)
-    fresh = tree.rebuild(model, lambda p: Param(p.value.copy()))  # new origins: a new graph
+    fresh = rebuild(model, lambda p: Param(p.value.copy()))  # new origins: a new graph
     assert ms.graph_id(fresh) != ms.graph_id(model)
 
 
 def test_graph_id_depends_on_config() -> None:
     model = layers.Chain(layers.Dense(2, 2, "relu", seed=0))
-    other = tree.rebuild(model, lambda p: p)
+    other = rebuild(model, lambda p: p)
     object.__setattr__(other.layers[0], "activation", "tanh")
     assert ms.graph_id(other) != ms.graph_id(model)
 
@@ -188,7 +189,7 @@ def test_rebuild_keeps_ties_shared_layers_and_config() -> None:
         calls.append(q)
         return _same_origin(q)
 
-    rebuilt = tree.rebuild(model, on_param)
+    rebuilt = rebuild(model, on_param)
     assert len(calls) == 3  # dense.weight, dense.bias, p: each once
     assert rebuilt.layers[0] is rebuilt.layers[2]
     tied = rebuilt.layers[1]
@@ -202,8 +203,8 @@ def test_rebuild_keeps_ties_shared_layers_and_config() -> None:
 def test_rebuild_shares_memo_across_calls() -> None:
     dense = layers.Dense(2, 2, seed=0)
     memo: dict = {}
-    a = tree.rebuild(layers.Chain(dense), _same_origin, memo)
-    b = tree.rebuild(layers.Chain(dense), _same_origin, memo)
+    a = rebuild(layers.Chain(dense), _same_origin, memo)
+    b = rebuild(layers.Chain(dense), _same_origin, memo)
     assert a.layers[0] is b.layers[0]
 
 
@@ -281,7 +282,7 @@ def test_moved_model_refuses_every_use() -> None:
 
 def test_moving_one_model_leaves_others_alone() -> None:
     model, other = _mlp(), _mlp()
-    rebuilt = tree.rebuild(model, lambda p: p)
+    rebuilt = rebuild(model, lambda p: p)
     tree.mark_moved(model, "sim:2")
     assert len(ms.params(other)) == 4 and len(ms.params(rebuilt)) == 4
     tree.check_not_moved(rebuilt)
@@ -327,7 +328,7 @@ class TreeTestPairHolder:
 def test_rebuild_keeps_namedtuple_containers() -> None:
     model = TreeTestPairHolder(Pair(Param(np.ones(2)), Param(np.zeros(2))))
     assert list(ms.named_params(model)) == ["pair.0", "pair.1"]
-    rebuilt = tree.rebuild(model, _same_origin)
+    rebuilt = rebuild(model, _same_origin)
     assert type(rebuilt.pair) is Pair
     assert ms.graph_id(rebuilt) == ms.graph_id(model)
 
