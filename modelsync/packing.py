@@ -20,13 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from . import flat
 from .devices import dtype_name
 from .errors import CoherenceError
 from .params import Param
 from .tree import params, require_model
+from .xp import concat_on
 
 
 def flatten(model: Any) -> Any:
@@ -40,7 +39,8 @@ def flatten(model: Any) -> Any:
     todo = [group for group in _groups(params(model)) if flat.intact_store(group) is None]
     if todo:
         _refuse_linked(todo)
-        staged = [(group, _concat([p.storage() for p in group], group[0])) for group in todo]
+        staged = [(group, concat_on([p.storage() for p in group], group[0].device))
+                  for group in todo]
         for group, buffer in staged:  # (every buffer made before any Param changes)
             _adopt(group, buffer)
     return model
@@ -60,7 +60,7 @@ def pack(bound: Sequence[Param]) -> int:
     for group in _groups(loose):
         if len(group) < 2:
             continue
-        _adopt(group, _concat([p.storage() for p in group], group[0]))
+        _adopt(group, concat_on([p.storage() for p in group], group[0].device))
         made += 1
     return made
 
@@ -82,18 +82,6 @@ def _groups(found: Sequence[Param]) -> list[list[Param]]:
     for p in found:
         groups.setdefault((p.device, dtype_name(p.dtype)), []).append(p)
     return list(groups.values())
-
-
-def _concat(arrays: list[Any], like: Param) -> Any:
-    """One new 1-D buffer of ``arrays`` (all on ``like``'s device), never a view of them."""
-    if isinstance(arrays[0], np.ndarray):
-        return np.concatenate([a.reshape(-1) for a in arrays])
-    dev = like.device
-    xp = dev.xp
-    if dev.kind == "cuda":
-        with dev.native:
-            return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
-    return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
 
 
 def _adopt(group: list[Param], buffer: Any) -> None:

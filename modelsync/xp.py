@@ -28,6 +28,35 @@ def concat_flat(arrays: Any) -> Any:
     return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
 
 
+def concat_on(arrays: Any, device: Any) -> Any:
+    """`concat_flat` of ``arrays`` (all on ``device``, a `Device`) with that device current:
+    CuPy allocates on the current GPU, so a CUDA device is entered first."""
+    if device.kind == "cuda":
+        with device.native:
+            return concat_flat(arrays)
+    return concat_flat(arrays)
+
+
+def zeros_on(device: Any, shape: Any, dtype: Any) -> Any:
+    """A new array of zeros on ``device`` (a `Device`)."""
+    return _new_on("zeros", device, shape, dtype)
+
+
+def empty_on(device: Any, shape: Any, dtype: Any) -> Any:
+    """A new uninitialised array on ``device`` (a `Device`), for a buffer about to be written."""
+    return _new_on("empty", device, shape, dtype)
+
+
+def _new_on(how: str, device: Any, shape: Any, dtype: Any) -> Any:
+    if device.kind == "host":
+        return getattr(np, how)(shape, dtype=dtype)
+    make = getattr(device.xp, how)
+    if device.kind == "cuda":
+        with device.native:
+            return make(shape, dtype=dtype)
+    return make(shape, dtype=dtype, device=device.native)
+
+
 def concat_into(arrays: Any, out: Any) -> None:
     """Write ``arrays`` (all on ``out``'s device, their sizes adding up to ``out``'s),
     flattened in order, into the 1-D ``out``: one pass on the host and on CuPy."""

@@ -21,7 +21,7 @@ from ..devices import HOST, Device, dtype_name
 from ..params import Param
 from ..transfers import copy_to
 from ..tree import graph_id, param_paths, require_model
-from ..xp import concat_flat
+from ..xp import concat_flat, empty_on
 
 
 def describe_model(model: Any, check: str) -> dict[str, Any]:
@@ -87,7 +87,7 @@ class ValueGroup:
 
     def empty(self) -> Any:
         """A 1-D buffer for this group's values on ``self.device`` (contents undefined)."""
-        return _empty(self.device, sum(self.sizes), self.params[0].dtype)
+        return empty_on(self.device, sum(self.sizes), self.params[0].dtype)
 
     def write(self, values: Any, *, reason: str) -> None:
         """Put ``values`` (1-D, on ``self.device``) into the Params; a no-op when it is the
@@ -130,12 +130,3 @@ def _copy(array: Any) -> Any:
     from ..xp import namespace
 
     return namespace(array).asarray(array, copy=True)
-
-
-def _empty(dev: Device, size: int, dtype: Any) -> Any:
-    if dev.kind == "host":
-        return np.empty(size, dtype=dtype)
-    if dev.kind == "cuda":
-        with dev.native:
-            return dev.xp.empty(size, dtype=dtype)
-    return dev.xp.empty(size, dtype=dtype, device=dev.native)

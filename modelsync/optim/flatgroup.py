@@ -23,7 +23,7 @@ import numpy as np
 
 from ..flat import FlatStore
 from ..params import Param
-from ..xp import concat_flat
+from ..xp import concat_on
 from .kernel import Kernel
 from .state import State
 
@@ -114,15 +114,8 @@ class FlatGroup:
             elif host:
                 grad = np.concatenate(grads[seg.lo:seg.hi], axis=None, out=seg.grad_buffer)
             else:
-                grad = _concat_device(grads[seg.lo:seg.hi], self.device)
+                grad = concat_on(grads[seg.lo:seg.hi], self.device)
             seg.kernel(seg.data, grad, step)
-
-
-def _concat_device(arrays: Sequence[Any], device: Any) -> Any:
-    if device.kind == "cuda":  # CuPy: make the group's GPU current
-        with device.native:
-            return concat_flat(arrays)
-    return concat_flat(arrays)
 
 
 def runs(params: Sequence[Param]) -> tuple[list[tuple[FlatStore, list[Param], int]],

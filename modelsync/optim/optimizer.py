@@ -19,11 +19,12 @@ from .. import packing
 from ..devices import HOST
 from ..params import Param
 from ..transfers import copy_to
+from ..xp import zeros_on
 from .bound import Bound
 from .flatgroup import FlatGroup
 from .kernel import Kernel, choose
 from .planner import Plan, make_plan
-from .state import State, zeros
+from .state import State
 
 
 class Optimizer(Bound):
@@ -126,7 +127,7 @@ class Optimizer(Bound):
 
     def _new_state(self, p: Param) -> State:
         """Zero state on ``p``'s device, step 0: made at its first step, as in torch."""
-        return State(p.device, 0, [zeros(p.device, p.shape, p.dtype) for _ in self.state_names])
+        return State(p.device, 0, [zeros_on(p.device, p.shape, p.dtype) for _ in self.state_names])
 
     def _choose(self, p: Param, state: State, data: Any) -> Kernel:
         contiguous = not isinstance(data, np.ndarray) or data.flags.c_contiguous

@@ -17,10 +17,11 @@ import numpy as np
 
 from ..flat import FlatStore
 from ..params import Param
+from ..xp import concat_on, zeros_on
 from . import flatgroup, kernel
 from .flatgroup import FlatGroup, Segment
 from .kernel import Scalars
-from .state import State, concat, follow, zeros
+from .state import State, follow
 
 
 class Plan:
@@ -92,13 +93,13 @@ def _make_group(rule: Any, scalars: Scalars, store: FlatStore, members: list[Par
     if reuse is not None:
         (step, buffers), has_state = reuse, True
     elif all(s is None for s in have):
-        step, buffers, has_state = 0, [zeros(dev, (total,), store.buffer.dtype)
+        step, buffers, has_state = 0, [zeros_on(dev, (total,), store.buffer.dtype)
                                        for _ in rule.state_names], False
     elif any(s is None for s in have) or len({s.step for s in have}) != 1:
         return None
     else:
         step, has_state = have[0].step, True
-        buffers = [concat([s.arrays[k] for s in have], dev)
+        buffers = [concat_on([s.arrays[k] for s in have], dev)
                    for k in range(len(rule.state_names))]
     host = dev.kind == "host"
     start = store.offsets[first]

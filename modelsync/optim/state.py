@@ -7,11 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-import numpy as np
 
 from ..devices import Device
 from ..transfers import copy_to
-from ..xp import concat_flat
 
 #: The reason a state transfer is recorded under (track_transfers, transfer_guard).
 STATE_FOLLOWS = "optimizer state follows its Param"
@@ -39,23 +37,3 @@ class State:
 def follow(arrays: Sequence[Any], device: Device) -> list[Any]:
     """``arrays`` copied to ``device`` for a Param that moved there."""
     return [copy_to(a, device, reason=STATE_FOLLOWS, what="state") for a in arrays]
-
-
-def zeros(dev: Device, shape: tuple[int, ...], dtype: Any) -> Any:
-    """A new zero array on ``dev``."""
-    if dev.kind == "host":
-        return np.zeros(shape, dtype=dtype)
-    if dev.kind == "cuda":
-        with dev.native:
-            return dev.xp.zeros(shape, dtype=dtype)
-    return dev.xp.zeros(shape, dtype=dtype, device=dev.native)
-
-
-def concat(arrays: Sequence[Any], dev: Device) -> Any:
-    """One 1-D array of ``arrays`` (all on ``dev``), flattened in order: a local copy."""
-    if dev.kind == "host":
-        return np.concatenate(arrays, axis=None)
-    if dev.kind == "cuda":
-        with dev.native:
-            return concat_flat(arrays)
-    return concat_flat(arrays)
