@@ -9,6 +9,7 @@ Every call records one "collective" event in the ledger. The guard is asked earl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,16 +35,11 @@ def sum_over_ranks(comm: Comm, buffer: Any, *, reason: str, what: str, use_nccl:
     (written in place) on the host and through NCCL, a new array after a trip via the host."""
     if comm.size == 1:
         return buffer
-    dev = device_of(buffer)
-    nbytes = nbytes_of(buffer)
+    dev, nbytes = device_of(buffer), nbytes_of(buffer)
     label = f"{reason}: Allreduce of {nbytes} bytes"
-    if dev.kind == "cuda" and use_nccl and nccl.usable(comm, dev):
-        nccl.allreduce(comm, buffer)
-        result = buffer
-    else:
-        host = buffer if dev == HOST else copy_to(buffer, HOST, reason=reason, what=what)
-        _host_sum(comm, host, label)
-        result = host if dev == HOST else copy_to(host, dev, reason=reason, what=what)
+    result = _run(comm, buffer, dev, use_nccl, reason=reason, what=what,
+                  on_gpu=lambda: nccl.allreduce(comm, buffer),
+                  on_host=lambda host: _host_sum(comm, host, label))
     record_collective(nbytes, reason=reason, what=what, src=_src(comm, dev), dst=_dst(comm))
     return result
 
@@ -53,17 +49,11 @@ def broadcast_from(comm: Comm, buffer: Any, root: int, *, reason: str, what: str
     """``root``'s ``buffer`` on every rank (same contract as `sum_over_ranks`)."""
     if comm.size == 1:
         return buffer
-    dev = device_of(buffer)
-    nbytes = nbytes_of(buffer)
+    dev, nbytes = device_of(buffer), nbytes_of(buffer)
     label = f"{reason}: Bcast of {nbytes} bytes from rank {root}"
-    if dev.kind == "cuda" and use_nccl and nccl.usable(comm, dev):
-        nccl.bcast(comm, buffer, root)
-        result = buffer
-    else:
-        host = buffer if dev == HOST else copy_to(buffer, HOST, reason=reason, what=what)
-        request = comm.mpi.Ibcast(_raw(host), root=root)
-        comm.wait([request], label, deadline=comm.deadline(), missing=_after_agreement(comm))
-        result = host if dev == HOST else copy_to(host, dev, reason=reason, what=what)
+    result = _run(comm, buffer, dev, use_nccl, reason=reason, what=what,
+                  on_gpu=lambda: nccl.bcast(comm, buffer, root),
+                  on_host=lambda host: _host_bcast(comm, host, root, label))
     if comm.rank == root:
         record_collective(nbytes, reason=reason, what=what, src=_src(comm, dev),
                           dst=_dst(comm))
@@ -71,6 +61,24 @@ def broadcast_from(comm: Comm, buffer: Any, root: int, *, reason: str, what: str
         record_collective(nbytes, reason=reason, what=what, src=f"rank {root}",
                           dst=_src(comm, dev))
     return result
+
+
+def _run(comm: Comm, buffer: Any, dev: Any, use_nccl: bool, *, reason: str, what: str,
+         on_gpu: Callable[[], None], on_host: Callable[[np.ndarray], None]) -> Any:
+    """One collective on ``buffer``: in place through NCCL where every rank has a GPU of its
+    own, else on a host buffer (the buffer itself, or a counted copy there and back)."""
+    if dev.kind == "cuda" and use_nccl and nccl.usable(comm, dev):
+        on_gpu()
+        return buffer
+    host = buffer if dev == HOST else copy_to(buffer, HOST, reason=reason, what=what)
+    on_host(host)
+    return host if dev == HOST else copy_to(host, dev, reason=reason, what=what)
+
+
+def _host_bcast(comm: Comm, host: np.ndarray, root: int, label: str) -> None:
+    """``root``'s host buffer into every rank's, in place."""
+    request = comm.mpi.Ibcast(_raw(host), root=root)
+    comm.wait([request], label, deadline=comm.deadline(), missing=_after_agreement(comm))
 
 
 def _host_sum(comm: Comm, host: np.ndarray, label: str) -> None:
