@@ -10,6 +10,7 @@ from .errors import (
     CoherenceError,
     DeviceError,
     DeviceMismatchError,
+    GradientCheckError,
     GraphMismatchError,
     LoadError,
     ModelSyncError,
@@ -17,6 +18,7 @@ from .errors import (
     SaveError,
     TransferError,
 )
+from .gradcheck import check_gradients
 from .interop import state_dict
 from .io import load, load_into, load_optimizer, read_metadata, save
 from .layers.base import layer
@@ -30,10 +32,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArgumentError", "ArgumentTypeError", "CoherenceError", "Device", "DeviceError",
-    "DeviceMismatchError", "GraphMismatchError", "LoadError", "ModelSyncError", "MovedError",
-    "Param", "SaveError", "TransferError", "TransferLedger", "available_devices", "backprop",
-    "detach", "device", "distributed", "flatten", "graph_id", "interop", "layer", "layers", "load",
-    "load_into", "load_optimizer", "losses", "named_params", "optim", "params",
-    "read_metadata", "save", "state_dict", "sync", "to_device", "to_host",
-    "track_transfers", "train", "transfer_guard",
+    "DeviceMismatchError", "GradientCheckError", "GraphMismatchError", "LoadError",
+    "ModelSyncError", "MovedError", "Param", "SaveError", "TransferError", "TransferLedger",
+    "available_devices", "backprop", "check_gradients", "detach", "device", "distributed",
+    "flatten", "graph_id", "interop", "layer", "layers", "load", "load_into", "load_optimizer",
+    "losses", "named_params", "optim", "params", "read_metadata", "save", "state_dict", "sync",
+    "to_device", "to_host", "track_transfers", "train", "transfer_guard",
 ]

@@ -46,3 +46,7 @@ class LoadError(ModelSyncError):
 
 class SaveError(ModelSyncError):
     """A model could not be saved (the previous file, if any, is left intact)."""
+
+
+class GradientCheckError(ModelSyncError):
+    """A layer's pullback disagrees with central differences (ms.check_gradients)."""
