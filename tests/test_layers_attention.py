@@ -438,3 +438,18 @@ def test_float64_inputs_feed_float32_layers_and_get_float64_gradients():
     dx = back(np.ones(y.shape, dtype=np.float32))
     assert dx.dtype == np.float64
     assert all(p.grad.dtype == np.float32 for p in ms.params(model))
+
+
+def test_gelu_and_its_pullback_match_torch_and_warn_nothing_at_extremes():
+    """The block's MLP activation (its pullback reuses the forward's exponential)."""
+    x = randn(50, 40) * 4
+    x[0, :4] = [1e4, -1e4, 30.0, -30.0]
+    dy = randn(50, 40, seed=1)
+    xt = torch.from_numpy(x).requires_grad_()
+    want = torch.nn.functional.gelu(xt, approximate="tanh")
+    want.backward(torch.from_numpy(dy))
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        y, back = layers.activations.activate("gelu", x)
+        dx = back(dy)
+    assert_close(y, want.detach().numpy(), "gelu")
+    assert_close(dx, xt.grad.numpy(), "gelu pullback")
