@@ -123,7 +123,7 @@ def block_rows(settings: Settings) -> Iterator[Row]:
         module.zero_grad(set_to_none=True)
         loss = torch.nn.functional.mse_loss(module(xt), tt)
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     agree = abs(ours() - theirs())
     grad_gap = max(float(np.abs(np.asarray(p.grad) - q.grad.numpy()).max())
