@@ -405,3 +405,25 @@ def test_changing_a_branch_list_changes_the_params():
     assert type(model.layers).__name__ == "TrackedList" and len(ms.params(model)) == 2
     with pytest.raises(ms.ArgumentError, match="empty"):
         model.layers = []
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda a: a["config"].update(connection="sum"), r"connection='sum' is not a connection"),
+    (lambda a: a["children"].update(layers={"list": []}), "Parallel.layers is empty"),
+    (lambda a: a["children"].update(layers={"list": [{"value": 3}]}),
+     "Parallel layer 0 is a int"),
+])
+def test_a_stored_architecture_is_checked_by_the_combinators_converters(edit, message):
+    """ms.load rebuilds a combinator through its converters: an edited file cannot hold an
+    unknown connection or an empty or non-layer branch list."""
+    from modelsync.io.architecture import build, encode_model, read_plan
+
+    model = layers.Parallel("add", layers.Dense(2, 2, seed=0))
+    paths = {id(p): k for k, p in ms.named_params(model).items()}
+    architecture = encode_model(model, paths)
+    stored = ms.named_params(model)
+    rebuilt = build(read_plan(architecture, set(paths.values())), stored.__getitem__)
+    assert type(rebuilt) is layers.Parallel and rebuilt.connection == "add"
+    edit(architecture)
+    with pytest.raises(ms.LoadError, match=message):
+        build(read_plan(architecture, set(paths.values())), stored.__getitem__)

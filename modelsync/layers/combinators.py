@@ -66,12 +66,16 @@ def connect(connection: str, ys: list[Any], names: list[str], ctx: Context, owne
     the joined output, and ``split(dy)``, each branch's part of ``dy`` in its own dtype."""
     _check_shapes(connection, ys, names, ctx, owner)
     dtypes = [y.dtype for y in ys]
-    xp = namespace(*ys)
-    if any(d != dtypes[0] for d in dtypes):  # e.g. a float64 skip beside a float32 branch
+    mixed = any(d != dtypes[0] for d in dtypes)  # e.g. a float64 skip beside a float32 branch
+    # (the namespace only where it is needed: looking it up costs more than a small add)
+    xp = namespace(*ys) if mixed or connection.startswith("concat") else None
+    if mixed:
         common = xp.result_type(*dtypes)
         ys = [y if y.dtype == common else xp.astype(y, common) for y in ys]
 
     def own_dtype(parts: list[Any]) -> list[Any]:
+        if not mixed:
+            return parts
         return [p if p.dtype == d else xp.astype(p, d) for p, d in zip(parts, dtypes, strict=True)]
 
     if connection == "add":
