@@ -40,6 +40,16 @@ CASES = {
     "layernorm_dropout": (lambda: layers.Chain(
         layers.Dense(8, 12, seed=0), layers.LayerNorm(12), layers.Dropout(0.3),
         layers.Dense(12, 3, bias=False, seed=1)), lambda: _floats(7, 8)),
+    "skip_and_parallel": (lambda: layers.Chain(
+        layers.SkipConnection(layers.Chain(layers.Dense(6, 6, "relu", seed=0),
+                                           layers.Dense(6, 6, seed=1))),
+        layers.SkipConnection(layers.Dense(6, 6, seed=2), "mul"),
+        layers.SkipConnection(layers.Dense(6, 2, seed=3), "concat"),
+        layers.Parallel("add", layers.Dense(8, 4, seed=4), layers.Dense(8, 4, seed=5),
+                        layers.Dense(8, 4, seed=6)),
+        layers.Parallel("mul", layers.Dense(4, 3, seed=7), layers.Dense(4, 3, "tanh", seed=8)),
+        layers.Parallel("concat", layers.Dense(3, 2, seed=9), layers.LayerNorm(3))),
+        lambda: _floats(7, 6)),
     "embedding": (lambda: layers.Chain(layers.Embedding(20, 6, seed=0),
                                        layers.Dense(6, 4, seed=1)), lambda: _tokens(7, 5)),
 }
