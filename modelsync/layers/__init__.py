@@ -1,4 +1,5 @@
-"""Built-in layers: Dense/Affine, Chain, activations, Embedding, LayerNorm, Dropout."""
+"""Built-in layers: Dense/Affine, Chain, SkipConnection, Parallel, activations, Embedding,
+LayerNorm, Dropout."""
 
 from .activations import (
     GELU,
@@ -16,6 +17,7 @@ from .activations import (
 from .attention import MultiHeadAttention
 from .base import Context, layer
 from .chain import Chain
+from .combinators import Parallel, SkipConnection
 from .dense import Affine, Dense
 from .dropout import Dropout
 from .embedding import Embedding
@@ -27,6 +29,7 @@ from .unembed import Unembed
 __all__ = [
     "GELU", "Activation", "Affine", "Chain", "Context", "Dense", "Dropout", "Embedding",
     "LayerNorm", "ReLU", "Sigmoid",
+    "Parallel", "SkipConnection",
     "Softmax", "Tanh", "gelu", "layer", "relu", "sigmoid", "softmax", "tanh",
     "MultiHeadAttention", "PositionalEmbedding", "RMSNorm", "Unembed",
 ]
