@@ -3,7 +3,8 @@ PyTorch on the CPU, float32, the same threads (torch.set_num_threads(2); NumPy's
 the machine's 2 cores).
 
 The block, batch 16, sequence 64, width 128, 4 heads: ``x + MHA(LN(x))``, then
-``x + MLP(LN(x))`` with the MLP ``128 -> 512 (gelu, tanh form) -> 128``. modelsync runs
+``x + MLP(LN(x))`` with the MLP ``128 -> 512 (gelu, tanh form) -> 128``, each residual a
+``layers.SkipConnection``. modelsync runs
 ``ms.backprop`` with an MSE loss; torch runs ``mse_loss(block(x), target).backward()``; both
 start from the same weights and clear their gradients every call (torch: set to None). The
 attention layer alone (forward and backward) is reported for information. Timed in turns;
@@ -19,7 +20,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import attrs  # noqa: E402
 import numpy as np  # noqa: E402
 from common import (  # noqa: E402
     NO_TORCH,
@@ -43,30 +43,13 @@ FULL_SIZE = (16, 64, 128, 4, 512)  # batch, sequence, width, heads, MLP hidden
 TINY_SIZE = (2, 5, 8, 2, 16)
 
 
-@ms.layer(name="BenchResidual")
-@attrs.define(eq=False)
-class Residual:
-    """``y = x + layer(x)``: the block's skip connection (until layers.SkipConnection lands)."""
-
-    layer: Any
-
-    def forward(self, x: Any, ctx: Context) -> tuple[Any, Any]:
-        y, back = self.layer.forward(x, ctx.child("layer"))
-        y = y + x
-
-        def pullback(dy: Any) -> Any:
-            dx = back(dy)
-            return dx + dy
-
-        return y, pullback
-
-
 def ms_block(width: int, heads: int, hidden: int) -> Any:
     return layers.Chain(
-        Residual(layers.Chain(layers.LayerNorm(width),
-                              layers.MultiHeadAttention(width, heads, seed=1))),
-        Residual(layers.Chain(layers.LayerNorm(width), layers.Dense(width, hidden, "gelu", seed=2),
-                              layers.Dense(hidden, width, seed=3))))
+        layers.SkipConnection(layers.Chain(layers.LayerNorm(width),
+                                           layers.MultiHeadAttention(width, heads, seed=1))),
+        layers.SkipConnection(layers.Chain(layers.LayerNorm(width),
+                                           layers.Dense(width, hidden, "gelu", seed=2),
+                                           layers.Dense(hidden, width, seed=3))))
 
 
 class TorchBlock(torch.nn.Module if torch is not None else object):

@@ -453,3 +453,37 @@ def test_gelu_and_its_pullback_match_torch_and_warn_nothing_at_extremes():
         dx = back(dy)
     assert_close(y, want.detach().numpy(), "gelu")
     assert_close(dx, xt.grad.numpy(), "gelu pullback")
+
+
+def test_a_pre_norm_block_with_skip_connections_is_checked_and_matches_torch(dev):
+    """The benchmark's block (benchmarks/bench_transformer.py) at toy sizes, causal."""
+    attn = layers.MultiHeadAttention(8, 2, causal=True, seed=0)
+    block = layers.Chain(
+        layers.SkipConnection(layers.Chain(layers.RMSNorm(8), attn)),
+        layers.SkipConnection(layers.Chain(layers.LayerNorm(8), layers.Dense(8, 16, "gelu", seed=1),
+                                           layers.Dense(16, 8, seed=2))))
+    x, dy = randn(2, 5, 8), randn(2, 5, 8, seed=1)
+    ms.check_gradients(block, x, directions=2)
+    t_attn = torch_module_like(torch.nn.MultiheadAttention(8, 2, batch_first=True), attn)
+    norm1, norm2 = torch.nn.RMSNorm(8, eps=1e-6), torch.nn.LayerNorm(8)
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(approximate="tanh"),
+                              torch.nn.Linear(16, 8))
+    mlp_part = block.layers[1].layer
+    mlp[0].load_state_dict({k: torch.from_numpy(v)
+                            for k, v in ms.state_dict(mlp_part.layers[1]).items()})
+    mlp[2].load_state_dict({k: torch.from_numpy(v)
+                            for k, v in ms.state_dict(mlp_part.layers[2]).items()})
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(5)
+
+    def run(xt):
+        h = norm1(xt)
+        xt = xt + t_attn(h, h, h, need_weights=False, attn_mask=mask)[0]
+        return xt + mlp(norm2(xt))
+
+    want_y, want_dx, _ = torch_forward_and_back(run, t_attn, x, dy)
+    y, dx, grads = forward_and_back(on(block, dev), to_dev(x, dev), to_dev(dy, dev))
+    assert_close(y, want_y, "y")
+    assert_close(dx, want_dx, "dx")
+    assert_close(grads["layers.0.layer.layers.1.in_proj_weight"],
+                 t_attn.in_proj_weight.grad.numpy(), "in_proj_weight")
+    assert_close(grads["layers.1.layer.layers.1.weight"], mlp[0].weight.grad.numpy(), "mlp")
