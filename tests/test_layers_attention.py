@@ -289,6 +289,7 @@ def tiny_lm(seed: int = 0) -> TinyLM:
 
 def assert_tied(model) -> None:
     assert model.unembed.embedding is model.embed
+    assert model.unembed.weight is model.embed.weight
     assert model.unembed.embedding.weight is model.embed.weight
     assert len(ms.params(model)) == 7
     assert ms.named_params(model)["embed.weight"] is model.embed.weight
@@ -487,3 +488,17 @@ def test_a_pre_norm_block_with_skip_connections_is_checked_and_matches_torch(dev
     assert_close(grads["layers.0.layer.layers.1.in_proj_weight"],
                  t_attn.in_proj_weight.grad.numpy(), "in_proj_weight")
     assert_close(grads["layers.1.layer.layers.1.weight"], mlp[0].weight.grad.numpy(), "mlp")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_attention_comes_back_from_a_file_with_its_configuration(tmp_path, bias):
+    model = layers.MultiHeadAttention(8, 4, bias=bias, causal=True, seed=0)
+    ms.save(model, tmp_path / "attn.safetensors")
+    again = ms.load(tmp_path / "attn.safetensors", "sim:1")
+    assert (again.dim, again.num_heads, again.causal) == (8, 4, True)
+    assert isinstance(again.out_proj, layers.Dense)
+    assert list(ms.named_params(again)) == list(ms.named_params(model))
+    x = randn(2, 5, 8)
+    np.testing.assert_array_equal(to_numpy(again(to_dev(x, ms.device("sim:1")))),
+                                  to_numpy(ms.to_device(model, "sim:1")(
+                                      to_dev(x, ms.device("sim:1")))))

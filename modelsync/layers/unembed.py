@@ -7,6 +7,7 @@ from typing import Any
 import attrs
 
 from ..errors import ArgumentTypeError
+from ..params import Param
 from ..xp import namespace
 from .base import Context, accumulate, as_layer_dtype, check_features, check_input, layer
 from .embedding import Embedding
@@ -38,6 +39,11 @@ class Unembed:
 
     def __init__(self, embedding: Embedding) -> None:
         self.__attrs_init__(embedding)
+
+    @property
+    def weight(self) -> Param:
+        """The tied Param: the embedding's ``weight`` itself (read-only here)."""
+        return self.embedding.weight
 
     def forward(self, x: Any, ctx: Context) -> tuple[Any, Any]:
         table = self.embedding.weight
