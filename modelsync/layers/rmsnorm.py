@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import attrs
 import numpy as np
 
-from ..checks import as_float
-from ..errors import ArgumentError
 from ..params import Param
 from ..xp import namespace
 from .base import (
@@ -21,15 +18,7 @@ from .base import (
     layer,
     param_field,
 )
-from .init import check_dtype, check_positive_int, positive_int
-
-
-def check_eps(eps: Any) -> float:
-    """``eps`` as a float in (0, ∞), else ArgumentError (the converter ms.load runs too)."""
-    value = as_float("eps", eps)
-    if not (0 < value < math.inf):
-        raise ArgumentError(f"eps={eps!r} is outside (0, ∞)")
-    return value
+from .init import check_dtype, check_eps, check_positive_int, positive_int
 
 
 @layer
