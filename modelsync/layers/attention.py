@@ -35,9 +35,6 @@ from .base import (
 from .dense import Dense
 from .init import check_dtype, check_positive_int, generator, positive_int
 
-#: core(x2, weight, bias, shape, add_mask) -> (o2, back); back(do2) -> (dx2, dweight, dbias)
-Core = Callable[..., tuple[Any, Callable[[Any], tuple[Any, Any, Any]]]]
-
 
 def _divides_dim(node: Any, field: Any, heads: int) -> None:
     """Validator of ``num_heads`` (run at construction, on assignment and by ms.load)."""
@@ -139,6 +136,7 @@ class MultiHeadAttention:
         heads = self.num_heads
         xp = namespace(x, weight)
         add_mask = self._additive_mask(xp, mask, n, t, x, where)
+        # core(xp, x2, weight, bias, shape, add_mask) -> (o2, back(do2) -> (dx2, dw, db))
         core = _numpy_core if isinstance(weight, np.ndarray) else _array_api_core
         o2, core_back = core(xp, xp.reshape(x, (n * t, d)), weight, bias, (n, t, heads, d // heads),
                              add_mask)
