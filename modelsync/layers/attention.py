@@ -207,8 +207,9 @@ def _array_api_core(xp: Any, x2: Any, weight: Any, bias: Any, shape: tuple[int, 
         do = xp.permute_dims(xp.reshape(do2, (n, t, heads, hd)), (0, 2, 1, 3))
         dv = xp.matmul(xp.matrix_transpose(p), do)
         ds = xp.matmul(do, xp.matrix_transpose(v))
-        ds -= xp.sum(ds * p, axis=-1, keepdims=True)
-        ds *= p  # the softmax's pullback: p * (dp - sum(dp * p))
+        # the softmax's pullback p * (ds - sum_j ds_ij p_ij), that sum being do_i · o_i
+        ds -= xp.sum(do * o, axis=-1, keepdims=True)
+        ds *= p
         dq = xp.matmul(ds, k)
         dq *= scale
         dk = xp.matmul(xp.matrix_transpose(ds), q)
@@ -252,8 +253,10 @@ def _numpy_core(xp: Any, x2: np.ndarray, weight: np.ndarray, bias: np.ndarray | 
         dqkv = np.empty((n, t, 3, heads, hd), dtype=x2.dtype)
         np.matmul(p.transpose(0, 1, 3, 2), do, out=dqkv[:, :, 2].transpose(heads_of))
         ds = np.matmul(do, v.transpose(0, 1, 3, 2))
-        dot = ds * p
-        ds -= dot.sum(axis=-1, keepdims=True)
+        # The softmax's pullback p * (ds - sum_j ds_ij p_ij), that sum being do_i · o_i
+        # (as FlashAttention computes it): a (T, head_dim) product, not a (T, T) one.
+        row = (do2 * o.reshape(n * t, d)).reshape(n, t, heads, hd).sum(axis=-1)
+        ds -= row.transpose(0, 2, 1)[..., None]
         ds *= p
         dq = dqkv[:, :, 0].transpose(heads_of)
         np.matmul(ds, k, out=dq)
