@@ -278,6 +278,8 @@ def nested_cases():
         (layers.Chain(dense(), bad()), "layers.1"),
         (layers.Chain(dense(), layers.Chain(bad(), dense())), "layers.1.layers.0"),
         (layers.SkipConnection(bad()), "layer"),
+        (layers.SkipConnection(layers.Chain(dense(), bad())), "layer.layers.1"),
+        (layers.Parallel("mul", layers.Chain(bad())), "layers.0.layers.0"),
         (layers.Chain(layers.SkipConnection(layers.Chain(dense(), bad()))),
          "layers.0.layer.layers.1"),
         (layers.Parallel("add", dense(), bad()), "layers.1"),
@@ -287,7 +289,7 @@ def nested_cases():
 
 
 @pytest.mark.parametrize("batch", [2, 1])
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(8))
 def test_a_child_without_pullback_is_named_by_its_path(case, batch):
     model, path = nested_cases()[case]
     x = data((batch, 3))
