@@ -14,6 +14,7 @@ from .activations import (
     softmax,
     tanh,
 )
+from .attention import MultiHeadAttention
 from .base import Context, layer
 from .chain import Chain
 from .combinators import Parallel, SkipConnection
@@ -21,10 +22,14 @@ from .dense import Affine, Dense
 from .dropout import Dropout
 from .embedding import Embedding
 from .norm import LayerNorm
+from .positional import PositionalEmbedding
+from .rmsnorm import RMSNorm
+from .unembed import Unembed
 
 __all__ = [
     "GELU", "Activation", "Affine", "Chain", "Context", "Dense", "Dropout", "Embedding",
     "LayerNorm", "ReLU", "Sigmoid",
     "Parallel", "SkipConnection",
     "Softmax", "Tanh", "gelu", "layer", "relu", "sigmoid", "softmax", "tanh",
+    "MultiHeadAttention", "PositionalEmbedding", "RMSNorm", "Unembed",
 ]
