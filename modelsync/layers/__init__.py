@@ -1,4 +1,5 @@
-"""Built-in layers: Dense/Affine, Chain, activations, Embedding, LayerNorm, Dropout."""
+"""Built-in layers: Dense/Affine, Chain, activations, Embedding, LayerNorm, Dropout, GRU,
+LSTM, LastStep."""
 
 from .activations import (
     GELU,
@@ -19,9 +20,11 @@ from .dense import Affine, Dense
 from .dropout import Dropout
 from .embedding import Embedding
 from .norm import LayerNorm
+from .recurrent import GRU, LSTM, LastStep
 
 __all__ = [
     "GELU", "Activation", "Affine", "Chain", "Context", "Dense", "Dropout", "Embedding",
     "LayerNorm", "ReLU", "Sigmoid",
+    "GRU", "LSTM", "LastStep",
     "Softmax", "Tanh", "gelu", "layer", "relu", "sigmoid", "softmax", "tanh",
 ]
