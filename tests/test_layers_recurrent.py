@@ -11,6 +11,8 @@ import attrs
 import numpy as np
 import pytest
 from conftest import sgd_step, to_numpy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import modelsync as ms
 from modelsync import layers
@@ -346,3 +348,45 @@ def test_last_step_errors():
         layers.LastStep()(np.zeros(3))
     with pytest.raises(ms.ArgumentTypeError, match="input is a list"):
         layers.LastStep()([[1.0]])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.integers(1, 3), steps=st.integers(1, 4), n_in=st.integers(1, 4),
+       hidden=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_any_small_shape_matches_torch(torch, kind, batch, steps, n_in, hidden, seed):
+    model = make(kind, n_in, hidden, seed=seed)
+    net = torch_twin(torch, model, kind)
+    x = np.random.default_rng(seed).standard_normal((batch, steps, n_in)).astype(np.float32)
+    y, pullback = model.forward(x, Context(train=True))
+    dx = pullback(np.ones_like(y))
+    x_t = torch.from_numpy(x).requires_grad_()
+    y_t = net(x_t)[0]
+    y_t.sum().backward()
+    np.testing.assert_allclose(y, y_t.detach().numpy(), **TOL)
+    np.testing.assert_allclose(dx, x_t.grad.numpy(), **TOL)
+    np.testing.assert_allclose(to_numpy(model.weight_hh_l0.grad),
+                               net.weight_hh_l0.grad.numpy(), **TOL)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pullback_twice_gives_the_same_and_accumulates(kind, dev):
+    model = ms.to_device(make(kind, seed=1), dev)
+    x = to_dev(np.random.default_rng(0).standard_normal((2, 5, 5)).astype(np.float32), dev)
+    y, pullback = model.forward(x, Context(train=True))
+    dy = to_dev(np.random.default_rng(1).standard_normal((2, 5, 7)).astype(np.float32), dev)
+    first = to_numpy(pullback(dy))
+    grads = {path: to_numpy(p.grad) for path, p in ms.named_params(model).items()}
+    np.testing.assert_array_equal(to_numpy(pullback(dy)), first)
+    for path, p in ms.named_params(model).items():
+        np.testing.assert_allclose(to_numpy(p.grad), 2 * grads[path], rtol=1e-6, atol=1e-7)
+
+
+def test_stacked_recurrent_layers_check_and_float64_input_feeds_float32():
+    model = layers.Chain(layers.GRU(3, 4, seed=0), layers.LSTM(4, 5, seed=1), layers.LastStep())
+    x = np.random.default_rng(2).standard_normal((2, 6, 3))
+    ms.check_gradients(model, x)
+    y, pullback = model.forward(x, Context(train=True))  # a float64 batch, float32 layers
+    assert y.dtype == np.float32 and tuple(y.shape) == (2, 5)
+    assert pullback(np.ones((2, 5), np.float32)).dtype == np.float64
