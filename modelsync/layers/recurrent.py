@@ -75,8 +75,8 @@ class _Recurrent:
     """What GRU and LSTM share: the input checks, the time-major layout and the pullback
     that turns stacked gate gradients into Param gradients (one matmul each)."""
 
-    kind = ""
-    gates = 0
+    kind: ClassVar[str] = ""
+    gates: ClassVar[int] = 0
 
     def forward(self, x: Any, ctx: Context, state: Any = None) -> tuple[Any, Any]:
         y, pullback = self.forward_state(x, ctx, state)
@@ -276,8 +276,7 @@ class LastStep:
     No Params; the gradient goes to the last step only."""
 
     def forward(self, x: Any, ctx: Context) -> tuple[Any, Any]:
-        if not is_array(x):
-            check_input(x, None, ctx)
+        check_input(x, None, ctx)
         if x.ndim < 2 or x.shape[1] < 1:
             raise ArgumentError(
                 f"{ctx.path or 'LastStep'}: input has shape {tuple(x.shape)}, expected "
@@ -286,14 +285,7 @@ class LastStep:
         shape, dtype = tuple(x.shape), x.dtype
 
         def pullback(dy: Any) -> Any:
-            rest = xp.zeros((shape[0], shape[1] - 1, *shape[2:]), dtype=dtype,
-                            device=_device(dy))
+            rest = zeros_on(device_of(dy), (shape[0], shape[1] - 1, *shape[2:]), dtype)
             return xp.concat([rest, xp.expand_dims(xp.astype(dy, dtype), axis=1)], axis=1)
 
         return x[:, -1, ...], pullback
-
-
-def _device(array: Any) -> Any:
-    from array_api_compat import device
-
-    return device(array)
