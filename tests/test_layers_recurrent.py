@@ -390,3 +390,35 @@ def test_stacked_recurrent_layers_check_and_float64_input_feeds_float32():
     y, pullback = model.forward(x, Context(train=True))  # a float64 batch, float32 layers
     assert y.dtype == np.float32 and tuple(y.shape) == (2, 5)
     assert pullback(np.ones((2, 5), np.float32)).dtype == np.float64
+
+
+def test_column_blocks_cover_every_column_each_small_enough_to_run_serially():
+    from modelsync.layers.recurrent_kernels import MAX_BLOCKS, SERIAL_MATMUL, column_blocks
+
+    for rows, inner, cols in [(16, 128, 384), (16, 384, 128), (3, 7, 21), (16, 512, 128),
+                              (5, 100, 1000), (1024, 512, 2048)]:
+        blocks = column_blocks(rows, inner, cols)
+        covered = [j for b in blocks for j in range(cols)[b]]
+        assert covered == list(range(cols))
+        if len(blocks) > 1:
+            assert len(blocks) <= MAX_BLOCKS
+            assert all(rows * inner * (b.stop - b.start) <= SERIAL_MATMUL for b in blocks)
+    assert len(column_blocks(16, 128, 384)) == 3  # the benchmark's GRU step: split
+    assert len(column_blocks(1024, 512, 2048)) == 1  # big enough for threads: one call
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_step_matmul_cut_into_blocks_still_matches_torch(torch, kind):
+    model = make(kind, 8, 128, seed=5)  # batch 16, hidden 128: each step's matmul is split
+    net = torch_twin(torch, model, kind)
+    x = np.random.default_rng(7).standard_normal((16, 3, 8)).astype(np.float32)
+    y, pullback = model.forward(x, Context(train=True))
+    dx = pullback(np.ones_like(y))
+    x_t = torch.from_numpy(x).requires_grad_()
+    y_t = net(x_t)[0]
+    y_t.sum().backward()
+    np.testing.assert_allclose(y, y_t.detach().numpy(), **TOL)
+    np.testing.assert_allclose(dx, x_t.grad.numpy(), rtol=1e-5, atol=1e-5)
+    for path, p in ms.named_params(model).items():
+        np.testing.assert_allclose(p.grad, getattr(net, path).grad.numpy(), rtol=1e-5,
+                                   atol=1e-5, err_msg=path)

@@ -30,6 +30,40 @@ class Grads:
         self.dgi, self.dgh, self.dx, self.dstate = dgi, dgh, dx, dstate
 
 
+#: OpenBLAS runs a matmul on one thread when m·n·k is at most this (65536 × its default
+#: GEMM_MULTITHREAD_THRESHOLD of 4). A step's ``h @ W_hh.T`` is a few times larger, and a
+#: threaded call waits for every thread: on a busy machine a descheduled one costs
+#: milliseconds, 64 times a sequence (measured: 4× slower with two threads on two loaded
+#: cores). So the host loop cuts each step's matmul into column blocks under this size,
+#: which any BLAS computes as fast serially; the big matmuls outside the loop stay threaded.
+SERIAL_MATMUL = 65536 * 4
+
+
+#: A product needing more blocks than this is big enough to gain from threads: one call.
+MAX_BLOCKS = 8
+
+
+def column_blocks(rows: int, inner: int, cols: int) -> list[slice]:
+    """Equal column slices of a ``(rows, inner) @ (inner, cols)`` product, each at most
+    `SERIAL_MATMUL` multiply-adds (one slice when the whole product is, or when it would
+    take more than `MAX_BLOCKS`)."""
+    widest = SERIAL_MATMUL // max(1, rows * inner)
+    count = -(-cols // widest) if widest else MAX_BLOCKS + 1
+    if count > MAX_BLOCKS:
+        return [slice(0, cols)]
+    width = -(-cols // count)
+    return [slice(j, min(j + width, cols)) for j in range(0, cols, width)]
+
+
+def _matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray, blocks: list[slice]) -> None:
+    """``out[...] = a @ b``, one serial-sized column block at a time."""
+    if len(blocks) == 1:
+        np.matmul(a, b, out=out)
+        return
+    for cols in blocks:
+        np.matmul(a, b[:, cols], out=out[:, cols])
+
+
 def _sigmoid(xp: Any, a: Any) -> Any:
     t = xp.tanh(a * 0.5)
     t *= 0.5
@@ -129,9 +163,10 @@ def _gru_forward_np(x: np.ndarray, h0: np.ndarray, w_ih: np.ndarray, w_hh: np.nd
     hns = np.empty((steps, batch, hidden), dtype)
     gh = np.empty((batch, 3 * hidden), dtype)
     tmp = np.empty((batch, hidden), dtype)
+    blocks = column_blocks(batch, hidden, 3 * hidden)
     for t in range(steps):
         h, rz, n, hn, g = hs[t], rzs[t], ns[t], hns[t], gi[t]
-        np.matmul(h, w, out=gh)
+        _matmul_into(h, w, gh, blocks)
         np.add(g[:, rz_cols], gh[:, rz_cols], out=rz)
         np.tanh(rz, out=rz)
         rz *= 0.5
@@ -160,6 +195,7 @@ def _gru_backward_np(dy: np.ndarray, hs: np.ndarray, cache: Any, w_ih: np.ndarra
     dhz = np.empty_like(dh)
     tmp = np.empty_like(dh)
     buf = np.empty((batch, 2 * hidden), dtype)
+    blocks = column_blocks(batch, 3 * hidden, hidden)
     for t in range(steps - 1, -1, -1):
         dh += dy[t]
         rz, n, d, di = rzs[t], ns[t], dgh[t], dgi[t]
@@ -179,7 +215,7 @@ def _gru_backward_np(dy: np.ndarray, hs: np.ndarray, cache: Any, w_ih: np.ndarra
         np.subtract(1.0, rz, out=buf)
         drz *= buf
         di[:, :2 * hidden] = drz
-        np.matmul(d, w_hh, out=dh)
+        _matmul_into(d, w_hh, dh, blocks)
         dh += dhz
     return _finish(np, dgi, dgh, w_ih, steps, batch, dh)
 
@@ -264,9 +300,10 @@ def _lstm_forward_np(x: np.ndarray, h0: np.ndarray, c0: np.ndarray, w_ih: np.nda
     acts = np.empty((steps, batch, 4 * hidden), dtype)
     tcs = np.empty((steps, batch, hidden), dtype)
     tmp = np.empty((batch, hidden), dtype)
+    blocks = column_blocks(batch, hidden, 4 * hidden)
     for t in range(steps):
         a, c, tc = acts[t], cs[t + 1], tcs[t]
-        np.matmul(hs[t], w, out=a)
+        _matmul_into(hs[t], w, a, blocks)
         a += gi[t]
         np.tanh(a, out=a)
         a *= scale
@@ -293,6 +330,7 @@ def _lstm_backward_np(dy: np.ndarray, hs: np.ndarray, cache: Any, w_ih: np.ndarr
     dc = np.zeros_like(dh)
     tmp = np.empty_like(dh)
     buf = np.empty((batch, 4 * hidden), dtype)
+    blocks = column_blocks(batch, 4 * hidden, hidden)
     for t in range(steps - 1, -1, -1):
         dh += dy[t]
         a, tc, d = acts[t], tcs[t], dgate[t]
@@ -310,5 +348,5 @@ def _lstm_backward_np(dy: np.ndarray, hs: np.ndarray, cache: Any, w_ih: np.ndarr
         buf *= a
         buf += beta
         d *= buf
-        np.matmul(d, w_hh, out=dh)
+        _matmul_into(d, w_hh, dh, blocks)
     return _finish(np, dgate, dgate, w_ih, steps, batch, (dh, dc))
