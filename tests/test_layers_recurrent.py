@@ -422,3 +422,24 @@ def test_a_step_matmul_cut_into_blocks_still_matches_torch(torch, kind):
     for path, p in ms.named_params(model).items():
         np.testing.assert_allclose(p.grad, getattr(net, path).grad.numpy(), rtol=1e-5,
                                    atol=1e-5, err_msg=path)
+
+
+def test_a_torch_sequence_classifier_loads_with_a_name_map_and_predicts_the_same(torch):
+    class TorchClassifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.GRU(5, 8, batch_first=True)
+            self.fc = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    torch.manual_seed(1)
+    net = TorchClassifier()
+    model = classifier(seed=4)
+    ms.load_into(model, net.state_dict(), check="structure",
+                 names=lambda path: path.replace("layers.0.", "rnn.").replace("layers.2.", "fc."))
+    x = np.random.default_rng(8).standard_normal((3, 6, 5)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model(x), expected, **TOL)
