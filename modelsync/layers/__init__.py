@@ -1,5 +1,5 @@
-"""Built-in layers: Dense/Affine, Chain, activations, Embedding, LayerNorm, Dropout, GRU,
-LSTM, LastStep."""
+"""Built-in layers: Dense/Affine, Chain, SkipConnection, Parallel, activations, Embedding,
+LayerNorm, Dropout, GRU, LSTM, LastStep."""
 
 from .activations import (
     GELU,
@@ -16,6 +16,7 @@ from .activations import (
 )
 from .base import Context, layer
 from .chain import Chain
+from .combinators import Parallel, SkipConnection
 from .dense import Affine, Dense
 from .dropout import Dropout
 from .embedding import Embedding
@@ -25,6 +26,7 @@ from .recurrent import GRU, LSTM, LastStep
 __all__ = [
     "GELU", "Activation", "Affine", "Chain", "Context", "Dense", "Dropout", "Embedding",
     "LayerNorm", "ReLU", "Sigmoid",
+    "Parallel", "SkipConnection",
     "GRU", "LSTM", "LastStep",
     "Softmax", "Tanh", "gelu", "layer", "relu", "sigmoid", "softmax", "tanh",
 ]
