@@ -2,12 +2,12 @@
 ``1/(1-p)`` (inverted dropout); in evaluation, the identity.
 
 Training mode is ``ctx.train``: ``ms.backprop``, ``ms.train`` and ``model(x, train=True)``
-train; ``model(x)`` evaluates. The keep-mask is drawn on the host from ``ctx.generator()``
-(the ``rng=`` given to ``backprop``/``train``/``model(...)``, or fresh entropy), so one seed
-gives the same mask on every device. For an input on a device the boolean mask (one byte
-per entry) crosses through ``copy_to(..., reason="dropout mask", what="data")``: counted by
-``track_transfers`` as data, never as a parameter transfer, and allowed by
-``transfer_guard("disallow")``.
+train; ``model(x)`` evaluates. The keep-mask is drawn *on the input's device*, so nothing
+crosses per step: one 64-bit key is taken from ``ctx.generator()`` (the ``rng=`` given to
+``backprop``/``train``/``model(...)``, or fresh entropy) and each entry's random bits are a
+counter-based hash of (key, its flat index), Widynski's "squares" generator, computed with
+the array API's unsigned integer operations. Integer arithmetic is exact everywhere, so one
+seed gives the same mask on the host, the simulated devices and a GPU.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import attrs
 import numpy as np
 
 from ..checks import as_float
-from ..devices import HOST, device_of, dtype_name
+from ..devices import device_of, dtype_name, on_device
 from ..errors import ArgumentError
-from ..transfers import copy_to
 from ..xp import namespace
 from .base import Context, check_input, layer
+
+_HIGH = 32  # the shift that swaps the halves of a 64-bit word
 
 
 def _check_p(p: Any) -> float:
@@ -30,6 +31,26 @@ def _check_p(p: Any) -> float:
     if not 0.0 <= value < 1.0:
         raise ArgumentError(f"p={p!r} is outside [0, 1)")
     return value
+
+
+def random_bits(key: int, shape: tuple[int, ...], xp: Any, device: Any) -> Any:
+    """32 random bits per entry of ``shape`` (uint64 values below 2**32) on ``device``: the
+    "squares" counter-based generator (Widynski 2020) at counters 0, 1, ... with ``key``
+    (odd, 64 bits). Pure integer arithmetic, so the same on every device."""
+    n = int(np.prod(shape, dtype=np.int64))
+    if device.kind == "sim":
+        counter = xp.arange(n, dtype=xp.uint64, device=device.native)
+    else:
+        counter = xp.arange(n, dtype=xp.uint64)
+    y = counter * key
+    z = y + key
+    x = y * y + y
+    x = (x >> _HIGH) | (x << _HIGH)
+    x = x * x + z
+    x = (x >> _HIGH) | (x << _HIGH)
+    x = x * x + y
+    x = (x >> _HIGH) | (x << _HIGH)
+    return xp.reshape((x * x + z) >> _HIGH, shape)
 
 
 @layer
@@ -48,12 +69,13 @@ class Dropout:
                 "floating dtype")
         if not ctx.train or self.p == 0.0:
             return x, _identity
-        keep = ctx.generator().random(tuple(x.shape), dtype=np.float32) >= self.p
+        key = int(ctx.generator().integers(0, 1 << 63)) * 2 + 1  # (odd, as squares wants)
+        threshold = min(round(self.p * 2.0 ** 32), (1 << 32) - 1)  # keep: bits >= threshold
         dev = device_of(x)
-        if dev != HOST:
-            keep = copy_to(keep, dev, reason="dropout mask", what="data")
-        mask = xp.astype(keep, x.dtype)
-        mask *= 1.0 / (1.0 - self.p)
+        with on_device(dev):  # (CuPy allocates on the current GPU)
+            keep = random_bits(key, tuple(x.shape), xp, dev) >= threshold
+            mask = xp.astype(keep, x.dtype)
+            mask *= 1.0 / (1.0 - self.p)
 
         def pullback(dy: Any) -> Any:
             return dy * mask
