@@ -8,7 +8,7 @@ written down in docs/design.md ("CuPy's arithmetic"):
 - float32 subnormals are flushed to zero: CuPy appends ``-ftz=true`` to every compile after
   the caller's options (so no option here can turn it off), and its own ufuncs are built the
   same way. A kernel therefore skips the operations that are exact no-ops on the host (a
-  multiply by 1, a subtraction of +0) so that a value it does not change keeps its bits;
+  multiply by 1, a subtraction of a zero) so that a value it does not change keeps its bits;
   a value it does change may lose a subnormal input or result. float64 is not flushed.
 - CuPy's ``float16`` has no arithmetic of its own (each operation runs in float32): a kernel
   that may see float16 rounds every operation back with ``T(...)``, and the optimizer rules

@@ -21,7 +21,7 @@ m = beta1 * m + one_minus_beta1 * grad;
 v = beta2 * v + one_minus_beta2 * grad * grad;
 if (decay != T(1)) param *= decay;
 T delta = step_size * (m / (sqrt(v) / bias_correction2_sqrt + eps));
-if (delta != T(0) || signbit(delta)) param -= delta;
+if (delta != T(0) || (signbit(delta) && signbit(param))) param -= delta;
 """)  # (the skipped operations are exact no-ops that would flush a subnormal param: cuda.py)
 
 
