@@ -429,6 +429,16 @@ def test_dropout_draws_on_the_device_the_same_mask_everywhere(spec):
     np.testing.assert_allclose(host[host != 0], 1 / 0.7, rtol=1e-6)
 
 
+def test_dropout_host_loop_and_array_api_form_give_the_same_mask(monkeypatch):
+    x = np.ones((33, 17), np.float64)
+    loop = layers.Dropout(0.6)(x, train=True, rng=np.random.default_rng(4))
+    monkeypatch.setenv("MODELSYNC_KERNELS", "numpy")  # (the array-API form, on NumPy)
+    plain = layers.Dropout(0.6)(x, train=True, rng=np.random.default_rng(4))
+    np.testing.assert_array_equal(loop, plain)
+    half = layers.Dropout(0.6)(x.astype(np.float16), train=True, rng=np.random.default_rng(4))
+    np.testing.assert_array_equal(half != 0, plain != 0)
+
+
 def test_dropout_masks_of_successive_steps_differ_and_look_independent():
     gen = np.random.default_rng(3)
     x = np.ones(4096, np.float32)
