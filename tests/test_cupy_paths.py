@@ -645,4 +645,40 @@ def test_gpu_work_for_cuda1_lands_on_cuda1_with_cuda0_current():
                     copy_to(np.zeros((6, 4), np.float32), "cuda:1", reason="test"))
         assert on(b) == on(twin) == on(loose) == [1] * 4
         assert int(emb.weight.grad.device.id) == 1
+        p = Param(copy_to(np.ones(8, np.float16), "cuda:1", reason="test"))
+        p.grad = copy_to(np.ones(8, np.float16), "cuda:1", reason="test", what="grad")
+        opt = optim.Adam([p])  # (float16: the array-API kernel, under its state's device)
+        opt.step()
+        opt.step()
+        where = {int(p.storage().device.id)} | {int(a.device.id) for a in opt.state[p].values()
+                                                if hasattr(a, "device")}
+        assert where == {1}
+    with cupy.cuda.Device(1):  # ClipNorm over both GPUs, the other one current
+        ps = [Param(copy_to(np.ones(8, np.float32), f"cuda:{i}", reason="test")) for i in (0, 1)]
+        for q in ps:
+            q.grad = copy_to(np.ones(8, np.float32), q.device, reason="test", what="grad")
+        optim.ClipNorm(ps, 1.0).step()
+        total = np.sqrt(sum(float(np.sum(to_numpy(q.grad) ** 2)) for q in ps))
+        assert abs(total - 1.0) < 1e-5
+        assert [int(q.grad.device.id) for q in ps] == [0, 1]
 
+
+
+@needs_gpu
+def test_gpu_nccl_in_a_world_of_one_sums_float16_in_float32_and_closes():
+    pytest.importorskip("cupy.cuda.nccl", reason="no GPU: CuPy has no NCCL here")
+    mpi = pytest.importorskip("mpi4py.MPI", reason="no GPU test without mpi4py")
+    from modelsync import distributed as D
+    from modelsync.distributed import nccl
+
+    comm = D.init(mpi.COMM_SELF, timeout=60)
+    gpu = ms.device("cuda:0")
+    if not nccl.usable(comm, gpu):
+        pytest.skip("no GPU: NCCL is not available to CuPy here")
+    values = np.array([2049, 1.0005, -3.25, 0.1], np.float16)
+    buffer = copy_to(values, gpu, reason="test")
+    nccl.allreduce(comm, buffer)  # (a sum over one rank: the values themselves)
+    nccl.bcast(comm, buffer, 0)
+    assert buffer.dtype == np.float16 and bits_differ(to_numpy(buffer), values) == 0
+    nccl.close(comm)
+    assert nccl.KEY not in comm.nccl
