@@ -177,8 +177,8 @@ class MultiHeadAttention:
             blocked = future if blocked is None else xp.logical_or(blocked, future)
         if blocked is None:
             return None
-        return xp.where(blocked, xp.asarray(-math.inf, dtype=x.dtype, device=x.device),
-                        xp.asarray(0.0, dtype=x.dtype, device=x.device))
+        return xp.where(blocked, xp.full((), -math.inf, dtype=x.dtype, device=x.device),
+                        xp.zeros((), dtype=x.dtype, device=x.device))
 
 
 def _array_api_core(xp: Any, x2: Any, weight: Any, bias: Any, shape: tuple[int, ...],
