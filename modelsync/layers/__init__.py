@@ -1,4 +1,5 @@
-"""Built-in layers: Dense/Affine, Chain, activations, Embedding, LayerNorm, Dropout."""
+"""Built-in layers: Dense/Affine, Chain, activations, Embedding, LayerNorm, Dropout,
+convolutions, pooling and shape layers."""
 
 from .activations import (
     GELU,
@@ -15,13 +16,17 @@ from .activations import (
 )
 from .base import Context, layer
 from .chain import Chain
+from .conv import Conv1d, Conv2d
 from .dense import Affine, Dense
 from .dropout import Dropout
 from .embedding import Embedding
 from .norm import LayerNorm
+from .pool import AvgPool2d, GlobalAvgPool, MaxPool2d
+from .shape import Flatten, Reshape
 
 __all__ = [
     "GELU", "Activation", "Affine", "Chain", "Context", "Dense", "Dropout", "Embedding",
     "LayerNorm", "ReLU", "Sigmoid",
     "Softmax", "Tanh", "gelu", "layer", "relu", "sigmoid", "softmax", "tanh",
+    "AvgPool2d", "Conv1d", "Conv2d", "Flatten", "GlobalAvgPool", "MaxPool2d", "Reshape",
 ]
