@@ -189,7 +189,7 @@ def conv(x: Any, w: Any, b: Any, stride: tuple[int, ...], pads: tuple[tuple[int,
     # channels first, then the batch: cols's rows are (channel, offset), its columns the
     # batch's output positions, so one GEMM per group covers the batch
     xt = padded(xp.permute_dims(x, (1, 0, *axes)), pads, 0.0, xp)
-    windows = list(offsets(kernel, stride, dilation, out))
+    windows = offsets(kernel, stride, dilation, out)
     cols = xp.reshape(xp.stack([xt[index] for index in windows], axis=1),
                       (groups, cg * k, -1))
     w2 = xp.reshape(w, (groups, og, cg * k))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import numbers
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
@@ -81,11 +81,12 @@ def pad_pairs(padding: str | tuple[int, ...], kernel: tuple[int, ...],
 
 
 def out_sizes(size: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
-              pads: tuple[tuple[int, int], ...], dilation: tuple[int, ...]) -> list[int]:
+              pads: tuple[tuple[int, int], ...], dilation: tuple[int, ...]) -> tuple[int, ...]:
     """The output length of each spatial axis (floor mode, as torch's default); the caller
     has checked that each dilated kernel fits the padded input."""
-    return [(n + lo + hi - d * (k - 1) - 1) // s + 1
-            for n, k, s, (lo, hi), d in zip(size, kernel, stride, pads, dilation, strict=True)]
+    return tuple((n + lo + hi - d * (k - 1) - 1) // s + 1
+                 for n, k, s, (lo, hi), d in zip(size, kernel, stride, pads, dilation,
+                                                 strict=True))
 
 
 def check_fits(shape: tuple[int, ...], kernel: tuple[int, ...],
@@ -128,11 +129,15 @@ def inner(lead: tuple[int, ...], size: tuple[int, ...], pads: tuple[tuple[int, i
             *(slice(lo, lo + n) for n, (lo, _) in zip(size, pads, strict=True)))
 
 
+@functools.lru_cache(maxsize=256)
 def offsets(kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
-            out: list[int], lead: int = 2) -> Iterator[tuple[slice, ...]]:
+            out: tuple[int, ...], lead: int = 2) -> tuple[tuple[slice, ...], ...]:
     """For each kernel offset (row-major, as a weight's kernel axes are laid out), the index
-    into the padded input of the entries that offset meets at every output position."""
-    for offset in itertools.product(*(range(k) for k in kernel)):
-        yield (*(slice(None) for _ in range(lead)),
-               *(slice(o * d, o * d + (m - 1) * s + 1, s)
-                 for o, d, m, s in zip(offset, dilation, out, stride, strict=True)))
+    into the padded input of the entries that offset meets at every output position
+    (cached: a training loop asks for the same few shapes every step)."""
+    return tuple(
+        (*(slice(None) for _ in range(lead)),
+         *(slice(o * d, o * d + (m - 1) * s + 1, s)
+           for o, d, m, s in zip(offset, dilation, out, stride, strict=True)))
+        for offset in itertools.product(*(range(k) for k in kernel)))
+
