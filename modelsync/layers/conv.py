@@ -2,12 +2,12 @@
 with strides, zero padding (``"same"``, ``"valid"`` or ints), dilation and groups.
 
 The computation is one matrix product per group (im2col): the padded input, channels first
-``(C, N, *spatial)``, is sliced once per kernel offset and the slices are stacked into
-``cols`` of shape ``(groups, C/groups · K, N · P)`` (K kernel offsets, P output positions), so
-``y = weight @ cols`` is a single large GEMM, the shape BLAS is fastest at and every array
-library has. The backward pass is two more GEMMs and a strided add per kernel offset
-(col2im). The output comes back as a ``(N, O, *spatial)`` view of an ``(O, N, *spatial)``
-buffer, which is the layout the next convolution reads without a copy.
+and batch last ``(C, *spatial, N)``, is sliced once per kernel offset and the slices are
+stacked into ``cols`` of shape ``(groups, C/groups · K, P · N)`` (K kernel offsets, P output
+positions), so ``y = weight @ cols`` is a single large GEMM, the shape BLAS is fastest at
+and every array library has. The backward pass is two more GEMMs and a strided add per
+kernel offset (col2im). The output comes back as a ``(N, O, *spatial)`` view of an
+``(O, *spatial, N)`` buffer, which is the layout the next convolution reads without a copy.
 """
 
 from __future__ import annotations
@@ -183,36 +183,41 @@ def conv(x: Any, w: Any, b: Any, stride: tuple[int, ...], pads: tuple[tuple[int,
     kernel = tuple(w.shape[2:])
     k = math.prod(kernel)
     spatial = tuple(x.shape[2:])
-    axes = tuple(range(2, len(spatial) + 2))
+    nd = len(spatial)
+    to_inner = (1, *range(2, nd + 2), 0)  # (N, C, *spatial) -> (C, *spatial, N)
+    to_outer = (nd + 1, 0, *range(1, nd + 1))  # and back
     out = out_sizes(spatial, kernel, stride, pads, dilation)
     cg, og = c // groups, o // groups
-    # channels first, then the batch: cols's rows are (channel, offset), its columns the
-    # batch's output positions, so one GEMM per group covers the batch
-    xt = padded(xp.permute_dims(x, (1, 0, *axes)), pads, 0.0, xp)
-    windows = offsets(kernel, stride, dilation, out)
+    # channels first and the batch last: cols's rows are (channel, offset), its columns
+    # the batch's output positions, so one GEMM per group covers the batch; and each
+    # offset's slice reads runs of (output width × batch) contiguous entries, long even for
+    # small images
+    pads_n = (*pads, (0, 0))
+    xt = padded(xp.permute_dims(x, to_inner), pads_n, 0.0, xp, lead=1)
+    windows = offsets(kernel, stride, dilation, out, lead=1)
     cols = xp.reshape(xp.stack([xt[index] for index in windows], axis=1),
                       (groups, cg * k, -1))
     w2 = xp.reshape(w, (groups, og, cg * k))
     y = xp.reshape(w2 @ cols, (o, -1))
     if b is not None:
         y += xp.reshape(b, (o, 1))  # y is fresh: add in place
-    y = xp.permute_dims(xp.reshape(y, (o, n, *out)), (1, 0, *axes))
+    y = xp.permute_dims(xp.reshape(y, (o, *out, n)), to_outer)
 
     def back(dy: Any) -> tuple[Any, Any, Any]:
         if dy.dtype != w.dtype:
             dy = xp.astype(dy, w.dtype)
-        dyt = xp.reshape(xp.permute_dims(dy, (1, 0, *axes)), (groups, og, -1))
+        dyt = xp.reshape(xp.permute_dims(dy, to_inner), (groups, og, -1))
         # (cols @ dyᵀ)ᵀ, not dy @ colsᵀ: BLAS is several times faster at the long inner
         # axis (the batch's positions) with the larger operand untransposed
         dwt = cols @ xp.permute_dims(dyt, (0, 2, 1))
         dw = xp.reshape(xp.permute_dims(dwt, (0, 2, 1)), tuple(w.shape))
         db = None if b is None else xp.sum(xp.reshape(dyt, (o, -1)), axis=1)
-        dcols = xp.reshape(xp.permute_dims(w2, (0, 2, 1)) @ dyt, (c, k, n, *out))
+        dcols = xp.reshape(xp.permute_dims(w2, (0, 2, 1)) @ dyt, (c, k, *out, n))
         dxt = xp.zeros(tuple(xt.shape), dtype=w.dtype, device=array_api_compat.device(x))
         for i, index in enumerate(windows):
             dxt[index] += dcols[:, i, ...]
-        dxt = dxt[inner((c, n), spatial, pads)]
-        return xp.permute_dims(dxt, (1, 0, *axes)), dw, db
+        dxt = dxt[inner((c,), (*spatial, n), pads_n)]
+        return xp.permute_dims(dxt, to_outer), dw, db
 
     return y, back
 

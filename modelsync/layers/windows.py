@@ -133,11 +133,12 @@ def inner(lead: tuple[int, ...], size: tuple[int, ...], pads: tuple[tuple[int, i
 def offsets(kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
             out: tuple[int, ...], lead: int = 2) -> tuple[tuple[slice, ...], ...]:
     """For each kernel offset (row-major, as a weight's kernel axes are laid out), the index
-    into the padded input of the entries that offset meets at every output position
-    (cached: a training loop asks for the same few shapes every step)."""
+    into the padded input of the entries that offset meets at every output position; axes
+    after the spatial ones are taken whole (cached: a training loop asks for the same few
+    shapes every step)."""
     return tuple(
         (*(slice(None) for _ in range(lead)),
          *(slice(o * d, o * d + (m - 1) * s + 1, s)
-           for o, d, m, s in zip(offset, dilation, out, stride, strict=True)))
+           for o, d, m, s in zip(offset, dilation, out, stride, strict=True)), ...)
         for offset in itertools.product(*(range(k) for k in kernel)))
 
