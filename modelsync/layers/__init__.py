@@ -1,5 +1,5 @@
-"""Built-in layers: Dense/Affine, Chain, activations, Embedding, LayerNorm, Dropout,
-convolutions, pooling and shape layers."""
+"""Built-in layers: Dense/Affine, Chain, SkipConnection, Parallel, activations, Embedding,
+LayerNorm, Dropout, convolutions, pooling and shape layers."""
 
 from .activations import (
     GELU,
@@ -16,6 +16,7 @@ from .activations import (
 )
 from .base import Context, layer
 from .chain import Chain
+from .combinators import Parallel, SkipConnection
 from .conv import Conv1d, Conv2d
 from .dense import Affine, Dense
 from .dropout import Dropout
@@ -27,6 +28,7 @@ from .shape import Flatten, Reshape
 __all__ = [
     "GELU", "Activation", "Affine", "Chain", "Context", "Dense", "Dropout", "Embedding",
     "LayerNorm", "ReLU", "Sigmoid",
+    "Parallel", "SkipConnection",
     "Softmax", "Tanh", "gelu", "layer", "relu", "sigmoid", "softmax", "tanh",
     "AvgPool2d", "Conv1d", "Conv2d", "Flatten", "GlobalAvgPool", "MaxPool2d", "Reshape",
 ]
