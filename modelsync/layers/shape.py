@@ -13,14 +13,14 @@ from .base import Context, check_input, layer
 from .windows import array_module
 
 
-def _check_start_dim(value: Any) -> int:
+def _check_start_dim(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ArgumentTypeError(
             f"start_dim={value!r} is a {type(value).__name__}; expected an int")
     return int(value)
 
 
-def _check_shape(value: Any) -> tuple[int, ...]:
+def _check_shape(value: tuple[int, ...]) -> tuple[int, ...]:
     """A per-sample shape: a tuple (or list) of ints ≥ 1, with at most one -1."""
     items = (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) \
         else value
