@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import sgd_step, to_numpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import modelsync as ms
 from modelsync import layers
@@ -348,7 +350,8 @@ def test_wrong_channel_count_names_path_argument_value_and_expected():
     with pytest.raises(ms.ArgumentError) as info:
         model(rand((2, 3, 8, 8)))
     message = str(info.value)
-    assert "layers.2" in message and "in_channels=5" in message and "(2, 4, 6, 6)" in message
+    assert "layers.2" in message and "in_channels=5" in message and "4 channels" in message
+    assert "(2, 4, 6, 6)" in message
 
 
 @pytest.mark.parametrize(("make", "shape", "words"), [
@@ -454,3 +457,86 @@ def test_errors_change_nothing():
         ms.backprop(conv, ms.losses.mse, rand((1, 3, 5, 5)), rand((1, 2, 3, 3)))
     assert conv.weight.grad is None
     np.testing.assert_array_equal(conv.weight.value, before)
+
+
+def test_assigning_stride_to_a_same_padded_conv_is_refused():
+    conv = layers.Conv2d(2, 2, 3, padding="same")
+    with pytest.raises(ms.ArgumentError, match=r"stride=\(2, 2\)"):
+        conv.stride = 2
+    assert conv.stride == (1, 1)
+
+
+def _edit_architecture(path, edit):
+    """Rewrite the architecture JSON stored in a saved file's metadata."""
+    import json
+    import struct
+
+    blob = path.read_bytes()
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + length])
+    meta = header["__metadata__"]
+    arch = json.loads(meta["modelsync.architecture"])
+    edit(arch)
+    meta["modelsync.architecture"] = json.dumps(arch)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + blob[8 + length:])
+
+
+@pytest.mark.parametrize(("field", "value", "words"), [
+    ("stride", {"__tuple__": [2, 2]}, "stride 1"),
+    ("kernel_size", {"__tuple__": [3, 0]}, "kernel_size"),
+    ("groups", 3, "does not divide"),
+    ("padding", "full", "padding"),
+])
+def test_load_refuses_a_stored_configuration_the_class_refuses(tmp_path, field, value, words):
+    file = tmp_path / "conv.safetensors"
+    ms.save(layers.Chain(layers.Conv2d(2, 4, 3, padding="same")), file)
+    assert isinstance(ms.load(file).layers[0], layers.Conv2d)  # the file as saved loads
+
+    def edit(arch):
+        arch["children"]["layers"]["list"][0]["config"][field] = value
+
+    _edit_architecture(file, edit)
+    with pytest.raises(ms.LoadError, match=words):
+        ms.load(file)
+
+
+def test_pullback_accumulates_weight_and_bias_gradients():
+    conv = layers.Conv2d(2, 3, 3, padding=1, seed=0)
+    x = rand((2, 2, 5, 5))
+    y, pullback = conv.forward(x, Context(train=True))
+    dy = rand(tuple(y.shape), seed=1)
+    pullback(dy)
+    once = conv.weight.grad.copy(), conv.bias.grad.copy()
+    pullback(dy)
+    np.testing.assert_allclose(conv.weight.grad, 2 * once[0], rtol=1e-6)
+    np.testing.assert_allclose(conv.bias.grad, 2 * once[1], rtol=1e-6)
+    np.testing.assert_allclose(once[1], dy.sum(axis=(0, 2, 3)), rtol=1e-5)
+
+
+@settings(max_examples=30)
+@given(data=st.data())
+def test_random_conv2d_configurations_match_torch(data):
+    """Any valid combination of sizes, strides, paddings, dilations and groups."""
+    groups = data.draw(st.sampled_from([1, 2, 3]))
+    cin = groups * data.draw(st.integers(1, 3))
+    cout = groups * data.draw(st.integers(1, 3))
+    kernel = tuple(data.draw(st.integers(1, 4)) for _ in range(2))
+    dilation = tuple(data.draw(st.integers(1, 3)) for _ in range(2))
+    same = data.draw(st.booleans())
+    stride = (1, 1) if same else tuple(data.draw(st.integers(1, 3)) for _ in range(2))
+    padding = "same" if same else tuple(data.draw(st.integers(0, 2)) for _ in range(2))
+    pads = (0, 0) if same else padding
+    low = [max(1, d * (k - 1) + 1 - 2 * p) for k, d, p in zip(kernel, dilation, pads,
+                                                               strict=True)]
+    size = tuple(data.draw(st.integers(lo, lo + 5)) for lo in low)
+    ours = layers.Conv2d(cin, cout, kernel, stride=stride, padding=padding, dilation=dilation,
+                         groups=groups, seed=data.draw(st.integers(0, 2**16)))
+    theirs = torch.nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding,
+                             dilation=dilation, groups=groups)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch on even kernels with "same"
+        assert_matches_torch(ours, torch_twin(ours, theirs), rand((2, cin, *size)))

@@ -49,11 +49,15 @@ def _groups_divide(groups: int, in_channels: int, out_channels: int) -> None:
                 "of both in_channels and out_channels")
 
 
-def _check_padding(node: Any, field: Any, padding: Any) -> None:
-    """Validator: ``padding="same"`` only with stride 1 (torch refuses it otherwise too)."""
-    if padding == "same" and any(s != 1 for s in node.stride):
+def _check_same_stride(node: Any, field: Any, value: Any) -> None:
+    """Validator of padding and stride: ``padding="same"`` only with stride 1 (torch refuses
+    it otherwise too), whichever of the two is set last (on assignment the node still holds
+    the old value, so the new one is ``value``)."""
+    padding = value if field.name == "padding" else node.padding
+    stride = value if field.name == "stride" else node.stride
+    if padding == "same" and any(s != 1 for s in stride):
         raise ArgumentError(
-            f"padding='same' needs stride 1 on every axis, but stride={node.stride}; give "
+            f"padding='same' needs stride 1 on every axis, but stride={stride}; give "
             "the padding as ints for a strided convolution")
 
 
@@ -94,8 +98,8 @@ class _Conv:
         check_ndim(x, self.NDIM, where, self.LAYOUT)
         if x.shape[1] != self.in_channels:
             raise ArgumentError(
-                f"{where}: input has shape {tuple(x.shape)}, expected axis 1 "
-                f"in_channels={self.in_channels}")
+                f"{where}: input has {x.shape[1]} channels (shape {tuple(x.shape)}), expected "
+                f"in_channels={self.in_channels} on axis 1")
         pads = pad_pairs(self.padding, self.kernel_size, self.dilation)
         check_fits(tuple(x.shape), self.kernel_size, pads, self.dilation, where)
         in_dtype = x.dtype
@@ -125,9 +129,10 @@ class Conv1d(_Conv):
     in_channels: int = attrs.field(converter=positive_int("in_channels"))
     out_channels: int = attrs.field(converter=positive_int("out_channels"))
     kernel_size: tuple[int, ...] = attrs.field(converter=int_tuple("kernel_size", 1))
-    stride: tuple[int, ...] = attrs.field(converter=int_tuple("stride", 1))
+    stride: tuple[int, ...] = attrs.field(converter=int_tuple("stride", 1),
+                                          validator=_check_same_stride)
     padding: tuple[int, ...] | str = attrs.field(converter=padding_arg(1),
-                                                 validator=_check_padding)
+                                                 validator=_check_same_stride)
     dilation: tuple[int, ...] = attrs.field(converter=int_tuple("dilation", 1))
     groups: int = attrs.field(converter=positive_int("groups"), validator=_check_groups)
     dtype: str = attrs.field(converter=check_dtype)
@@ -155,9 +160,10 @@ class Conv2d(_Conv):
     in_channels: int = attrs.field(converter=positive_int("in_channels"))
     out_channels: int = attrs.field(converter=positive_int("out_channels"))
     kernel_size: tuple[int, ...] = attrs.field(converter=int_tuple("kernel_size", 2))
-    stride: tuple[int, ...] = attrs.field(converter=int_tuple("stride", 2))
+    stride: tuple[int, ...] = attrs.field(converter=int_tuple("stride", 2),
+                                          validator=_check_same_stride)
     padding: tuple[int, ...] | str = attrs.field(converter=padding_arg(2),
-                                                 validator=_check_padding)
+                                                 validator=_check_same_stride)
     dilation: tuple[int, ...] = attrs.field(converter=int_tuple("dilation", 2))
     groups: int = attrs.field(converter=positive_int("groups"), validator=_check_groups)
     dtype: str = attrs.field(converter=check_dtype)
