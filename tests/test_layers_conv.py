@@ -540,3 +540,21 @@ def test_random_conv2d_configurations_match_torch(data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch on even kernels with "same"
         assert_matches_torch(ours, torch_twin(ours, theirs), rand((2, cin, *size)))
+
+
+@pytest.mark.parametrize("index", range(len(POOL_CASES)))
+def test_an_empty_batch_goes_through_as_in_torch(index):
+    ours, theirs = POOL_CASES[index]
+    x = np.zeros((0, 4, 9, 11), dtype=np.float32)
+    y, pullback = ours().forward(x, Context(train=True))
+    # the per-sample shape torch gives one sample (torch cannot infer a -1 of an empty batch)
+    assert tuple(y.shape) == (0, *theirs()(torch.zeros((1, 4, 9, 11))).shape[1:])
+    assert tuple(pullback(y).shape) == x.shape
+
+
+def test_an_empty_batch_through_a_conv():
+    conv = layers.Conv2d(4, 6, 3, padding=1, groups=2)
+    y, pullback = conv.forward(np.zeros((0, 4, 5, 5), dtype=np.float32), Context(train=True))
+    assert tuple(y.shape) == (0, 6, 5, 5)
+    assert tuple(pullback(y).shape) == (0, 4, 5, 5)
+    np.testing.assert_array_equal(conv.weight.grad, 0)

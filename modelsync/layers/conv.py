@@ -194,6 +194,7 @@ def conv(x: Any, w: Any, b: Any, stride: tuple[int, ...], pads: tuple[tuple[int,
     to_outer = (nd + 1, 0, *range(1, nd + 1))  # and back
     out = out_sizes(spatial, kernel, stride, pads, dilation)
     cg, og = c // groups, o // groups
+    columns = math.prod(out) * n  # (sizes, not -1: an empty batch reshapes too)
     # channels first and the batch last: cols's rows are (channel, offset), its columns
     # the batch's output positions, so one GEMM per group covers the batch; and each
     # offset's slice reads runs of (output width × batch) contiguous entries, long even for
@@ -202,9 +203,9 @@ def conv(x: Any, w: Any, b: Any, stride: tuple[int, ...], pads: tuple[tuple[int,
     xt = padded(xp.permute_dims(x, to_inner), pads_n, 0.0, xp, lead=1)
     windows = offsets(kernel, stride, dilation, out, lead=1)
     cols = xp.reshape(xp.stack([xt[index] for index in windows], axis=1),
-                      (groups, cg * k, -1))
+                      (groups, cg * k, columns))
     w2 = xp.reshape(w, (groups, og, cg * k))
-    y = xp.reshape(w2 @ cols, (o, -1))
+    y = xp.reshape(w2 @ cols, (o, columns))
     if b is not None:
         y += xp.reshape(b, (o, 1))  # y is fresh: add in place
     y = xp.permute_dims(xp.reshape(y, (o, *out, n)), to_outer)
@@ -212,12 +213,12 @@ def conv(x: Any, w: Any, b: Any, stride: tuple[int, ...], pads: tuple[tuple[int,
     def back(dy: Any) -> tuple[Any, Any, Any]:
         if dy.dtype != w.dtype:
             dy = xp.astype(dy, w.dtype)
-        dyt = xp.reshape(xp.permute_dims(dy, to_inner), (groups, og, -1))
+        dyt = xp.reshape(xp.permute_dims(dy, to_inner), (groups, og, columns))
         # (cols @ dyᵀ)ᵀ, not dy @ colsᵀ: BLAS is several times faster at the long inner
         # axis (the batch's positions) with the larger operand untransposed
         dwt = cols @ xp.permute_dims(dyt, (0, 2, 1))
         dw = xp.reshape(xp.permute_dims(dwt, (0, 2, 1)), tuple(w.shape))
-        db = None if b is None else xp.sum(xp.reshape(dyt, (o, -1)), axis=1)
+        db = None if b is None else xp.sum(xp.reshape(dyt, (o, columns)), axis=1)
         dcols = xp.reshape(xp.permute_dims(w2, (0, 2, 1)) @ dyt, (c, k, *out, n))
         dxt = xp.zeros(tuple(xt.shape), dtype=w.dtype, device=array_api_compat.device(x))
         for i, index in enumerate(windows):

@@ -3,6 +3,7 @@ stays first), and hand the gradient back in the input's shape."""
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -57,7 +58,8 @@ class Flatten:
                 f"start_dim={self.start_dim} is not one of its axes")
         xp = array_module(x)
         shape = tuple(x.shape)
-        return xp.reshape(x, (*shape[:start], -1)), lambda dy: xp.reshape(dy, shape)
+        flat = math.prod(shape[start:])  # (not -1: an empty batch reshapes too)
+        return xp.reshape(x, (*shape[:start], flat)), lambda dy: xp.reshape(dy, shape)
 
 
 @layer
@@ -74,16 +76,13 @@ class Reshape:
         if x.ndim < 1:
             raise ArgumentError(f"{where}: input is a scalar; expected a batch (N, ...)")
         shape = tuple(x.shape)
-        per_sample = 1
-        for n in shape[1:]:
-            per_sample *= n
-        known = 1
-        for n in self.shape:
-            known *= n if n != -1 else 1
+        per_sample = math.prod(shape[1:])
+        known = math.prod(n for n in self.shape if n != -1)
         fits = per_sample % known == 0 if -1 in self.shape else per_sample == known
         if not fits:
             raise ArgumentError(
                 f"{where}: input has shape {shape}, {per_sample} entries per sample, which "
                 f"cannot be reshaped to shape={self.shape}")
         xp = array_module(x)
-        return xp.reshape(x, (shape[0], *self.shape)), lambda dy: xp.reshape(dy, shape)
+        target = tuple(per_sample // known if n == -1 else n for n in self.shape)
+        return xp.reshape(x, (shape[0], *target)), lambda dy: xp.reshape(dy, shape)
