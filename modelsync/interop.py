@@ -18,7 +18,7 @@ import numpy as np
 from .devices import HOST, device_of
 from .errors import ArgumentError, ArgumentTypeError
 from .io.names import check_names, keyed_places
-from .layers import Chain, Dense, Embedding, LayerNorm
+from .layers import Chain, Conv1d, Conv2d, Dense, Embedding, LayerNorm
 from .params import Param
 from .transfers import copy_to
 from .tree import layer_name, require_model, walk
@@ -26,7 +26,7 @@ from .tree import layer_name, require_model, walk
 __all__ = ["state_dict", "torch_sequential_names"]
 
 #: Layers whose Params carry PyTorch's names for them (``weight``, ``bias``).
-_SAME_NAMES = (Dense, LayerNorm, Embedding)
+_SAME_NAMES = (Dense, LayerNorm, Embedding, Conv1d, Conv2d)
 
 
 def state_dict(model: Any, *, names: Mapping[str, str] | Callable[[str], str] | None = None
@@ -75,10 +75,11 @@ def torch_sequential_names(model: Any) -> dict[str, str]:
     PyTorch numbers every module, parameterless ones too; modelsync's `Dense` carries its
     activation. So each `Dense` with an activation stands for two modules (``nn.Linear``
     then the activation), and every other layer for one: `Dense` without activation,
-    `LayerNorm`, `Embedding`, an activation layer, `Dropout` or any other layer without
-    Params. A nested `Chain` is a nested ``nn.Sequential``. A single `Dense`, `LayerNorm`
-    or `Embedding` (an ``nn.Linear``, ...) maps to its own names. Any other layer holding
-    Params is an ArgumentError: write its names yourself (a dict or a function).
+    `LayerNorm`, `Embedding`, `Conv1d`/`Conv2d`, an activation layer, `Dropout` or any other
+    layer without Params. A nested `Chain` is a nested ``nn.Sequential``. A single `Dense`,
+    `LayerNorm`, `Embedding` or convolution (an ``nn.Linear``, ...) maps to its own names.
+    Any other layer holding Params is an ArgumentError: write its names yourself (a dict or
+    a function).
     """
     require_model(model)
     if isinstance(model, _SAME_NAMES):
@@ -86,7 +87,7 @@ def torch_sequential_names(model: Any) -> dict[str, str]:
     if not isinstance(model, Chain):
         raise ArgumentTypeError(
             f"model is a {layer_name(model)}; torch_sequential_names maps a layers.Chain (an "
-            "nn.Sequential) or a single Dense, LayerNorm or Embedding")
+            "nn.Sequential) or a single Dense, LayerNorm, Embedding, Conv1d or Conv2d")
     out: dict[str, str] = {}
     _sequential(model, "", "", out)
     return out
@@ -103,9 +104,9 @@ def _sequential(chain: Chain, ours: str, theirs: str, out: dict[str, str]) -> No
             if found and not isinstance(child, _SAME_NAMES):
                 raise ArgumentError(
                     f"{here} is a {layer_name(child)} with Params, which has no known PyTorch "
-                    "twin (torch_sequential_names knows Dense, LayerNorm, Embedding, Chain and "
-                    "layers without Params); write this model's names yourself, as a dict or a "
-                    "function from its paths to the torch keys")
+                    "twin (torch_sequential_names knows Dense, LayerNorm, Embedding, Conv1d, "
+                    "Conv2d, Chain and layers without Params); write this model's names "
+                    "yourself, as a dict or a function from its paths to the torch keys")
             for path in found:
                 out[path] = there + path[len(here):]
         index += 2 if isinstance(child, Dense) and child.activation is not None else 1

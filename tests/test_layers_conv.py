@@ -558,3 +558,26 @@ def test_an_empty_batch_through_a_conv():
     assert tuple(y.shape) == (0, 6, 5, 5)
     assert tuple(pullback(y).shape) == (0, 4, 5, 5)
     np.testing.assert_array_equal(conv.weight.grad, 0)
+
+
+def test_a_torch_cnn_loads_by_name_and_back():
+    """torch's weights map by name: a torch nn.Sequential CNN loads into the same Chain with
+    ms.interop.torch_sequential_names, computes the same, and its state_dict goes back."""
+    nn = torch.nn
+    theirs = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                           nn.Conv2d(4, 6, 3, padding=1),
+                           nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    ours = layers.Chain(layers.Conv2d(1, 4, 3, padding=1), "relu", layers.MaxPool2d(2),
+                        layers.Conv2d(4, 6, 3, padding=1), "relu", layers.GlobalAvgPool(),
+                        layers.Flatten(), layers.Dense(6, 3))
+    names = ms.interop.torch_sequential_names(ours)
+    assert names["layers.3.weight"] == "3.weight" and names["layers.7.bias"] == "7.bias"
+    ms.load_into(ours, theirs.state_dict(), check="structure", names=names)
+    x = rand((2, 1, 8, 8))
+    np.testing.assert_allclose(ours(x), theirs(torch.from_numpy(x)).detach().numpy(),
+                               rtol=RTOL, atol=ATOL)
+    back = ms.state_dict(ours, names=names)
+    for key, value in theirs.state_dict().items():
+        np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
+    assert ms.interop.torch_sequential_names(layers.Conv1d(2, 3, 3)) == {
+        "weight": "weight", "bias": "bias"}
