@@ -201,6 +201,18 @@ def test_residual_mlp_matches_torch():
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5, err_msg=path)
 
 
+def test_branches_of_embeddings_give_no_input_gradient_and_train_both_tables():
+    tokens, positions = layers.Embedding(5, 3, seed=0), layers.Embedding(5, 3, seed=1)
+    model = layers.Chain(layers.Parallel("add", tokens, positions), layers.Dense(3, 2, seed=2))
+    idx = np.array([[0, 4], [2, 2]])
+    expected = tokens.weight.value[idx] + positions.weight.value[idx]
+    np.testing.assert_allclose(model[0](idx), expected, rtol=1e-6)
+    y, back = model.forward(idx, Context(train=True))
+    assert back(np.ones(y.shape, np.float32)) is None
+    assert np.any(tokens.weight.grad != 0)
+    np.testing.assert_array_equal(tokens.weight.grad, positions.weight.grad)
+
+
 # -- errors --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", ["sum", "Add", None, 3, layers.Dense(2, 2)])
 def test_unknown_connection_names_argument_value_and_choices(bad):
@@ -223,6 +235,8 @@ def test_parallel_needs_layers_and_children_must_be_layers():
     with pytest.raises(ms.ArgumentTypeError, match="SkipConnection.layer is a list"):
         layers.SkipConnection([layers.Dense(2, 2)])
     assert isinstance(layers.SkipConnection("tanh").layer, layers.Activation)
+    with pytest.raises(ms.ArgumentTypeError, match="^model: input is a list"):
+        layers.SkipConnection("tanh")([[1.0, 2.0]])
 
 
 def test_shape_mismatch_names_path_and_both_shapes():
@@ -264,6 +278,8 @@ def nested_cases():
         (layers.Chain(dense(), bad()), "layers.1"),
         (layers.Chain(dense(), layers.Chain(bad(), dense())), "layers.1.layers.0"),
         (layers.SkipConnection(bad()), "layer"),
+        (layers.SkipConnection(layers.Chain(dense(), bad())), "layer.layers.1"),
+        (layers.Parallel("mul", layers.Chain(bad())), "layers.0.layers.0"),
         (layers.Chain(layers.SkipConnection(layers.Chain(dense(), bad()))),
          "layers.0.layer.layers.1"),
         (layers.Parallel("add", dense(), bad()), "layers.1"),
@@ -273,7 +289,7 @@ def nested_cases():
 
 
 @pytest.mark.parametrize("batch", [2, 1])
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(8))
 def test_a_child_without_pullback_is_named_by_its_path(case, batch):
     model, path = nested_cases()[case]
     x = data((batch, 3))

@@ -166,6 +166,7 @@ class SkipConnection:
         self.__attrs_init__(layer, connection)
 
     def forward(self, x: Any, ctx: Context) -> tuple[Any, Any]:
+        base.check_input(x, None, ctx)  # the skip joins x itself: it must be an array
         inner = ctx.child("layer")
         fx, back = forward_pair(self.layer, x, inner)
         _check_output(fx, self.layer, inner)
@@ -210,7 +211,11 @@ class Parallel:
         def pullback(dy: Any) -> Any:
             # The first sum is a fresh array (a branch's dx may be a caller's array, such as
             # dy itself), so the later ones may add into it in place.
+            # A branch whose input has no gradient (indices into an Embedding) gives None.
             parts = [back(part) for back, part in zip(backs, split(dy), strict=True)]
+            parts = [part for part in parts if part is not None]
+            if not parts:
+                return None
             dx = parts[0] + parts[1] if len(parts) > 1 else parts[0]
             for part in parts[2:]:
                 dx += part
