@@ -581,3 +581,21 @@ def test_a_torch_cnn_loads_by_name_and_back():
         np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
     assert ms.interop.torch_sequential_names(layers.Conv1d(2, 3, 3)) == {
         "weight": "weight", "bias": "bias"}
+
+
+@pytest.mark.parametrize("index", range(len(DEVICE_LAYERS)))
+def test_the_array_api_path_on_numpy_matches_the_native_one(monkeypatch, index):
+    """NumPy before 2.1 lacks some array-API names, so the layers go through
+    array_api_compat's namespace there: the same numbers as NumPy's own functions."""
+    from modelsync.layers import windows
+
+    layer = DEVICE_LAYERS[index]()
+    x = rand((2, 4, 9) if isinstance(layer, layers.Conv1d) else (2, 4, 9, 11))
+    y, pullback = layer.forward(x, Context(train=True))
+    dx = pullback(np.ones(tuple(y.shape), dtype=np.float32))
+    monkeypatch.setattr(windows, "_NUMPY_IS_ARRAY_API", False)
+    assert windows.array_module(x) is not np
+    y2, pullback2 = layer.forward(x, Context(train=True))
+    np.testing.assert_allclose(y2, y, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(pullback2(np.ones(tuple(y.shape), dtype=np.float32)), dx,
+                               rtol=1e-6, atol=1e-7)

@@ -24,10 +24,14 @@ from ..xp import namespace
 PADDING_WORDS = ("same", "valid")
 
 
+#: NumPy 2.1 has every array-API name used here (permute_dims, astype, device=...)
+_NUMPY_IS_ARRAY_API = np.lib.NumpyVersion(np.__version__) >= "2.1.0"
+
+
 def array_module(*arrays: Any) -> Any:
-    """NumPy itself for NumPy arrays (every name used here exists there since NumPy 2.1),
-    else the array-API namespace."""
-    if all(type(a) is np.ndarray for a in arrays):
+    """NumPy itself for NumPy arrays (on NumPy ≥ 2.1, which has every name used here), else
+    the array-API namespace (array_api_compat's wrapper of an older NumPy)."""
+    if _NUMPY_IS_ARRAY_API and all(type(a) is np.ndarray for a in arrays):
         return np
     return namespace(*arrays)
 
