@@ -18,7 +18,18 @@ import numpy as np
 from .devices import HOST, device_of
 from .errors import ArgumentError, ArgumentTypeError
 from .io.names import check_names, keyed_places
-from .layers import GRU, LSTM, Chain, Dense, Embedding, LayerNorm, MultiHeadAttention, RMSNorm
+from .layers import (
+    GRU,
+    LSTM,
+    Chain,
+    Conv1d,
+    Conv2d,
+    Dense,
+    Embedding,
+    LayerNorm,
+    MultiHeadAttention,
+    RMSNorm,
+)
 from .params import Param
 from .transfers import copy_to
 from .tree import layer_name, require_model, walk
@@ -28,7 +39,8 @@ __all__ = ["state_dict", "torch_sequential_names"]
 #: Layers whose Params carry PyTorch's names for them (``weight``, ``bias``; ``in_proj_weight``
 #: and ``out_proj.weight`` of ``nn.MultiheadAttention``; ``weight_ih_l0`` ... of ``nn.GRU``
 #: and ``nn.LSTM``), in PyTorch's layouts.
-_SAME_NAMES = (Dense, LayerNorm, Embedding, RMSNorm, MultiHeadAttention, GRU, LSTM)
+_SAME_NAMES = (Dense, LayerNorm, Embedding, Conv1d, Conv2d, RMSNorm, MultiHeadAttention, GRU,
+               LSTM)
 
 
 def state_dict(model: Any, *, names: Mapping[str, str] | Callable[[str], str] | None = None
