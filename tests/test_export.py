@@ -60,6 +60,21 @@ CASES = {
         layers.GRU(4, 6, seed=0), layers.LSTM(6, 5, seed=1), layers.GRU(5, 3, bias=False, seed=2),
         layers.LSTM(3, 4, bias=False, seed=3), layers.LastStep(), layers.Dense(4, 2, seed=4)),
         lambda: _floats(7, 5, 4)),
+    "conv_pool_flatten": (lambda: layers.Chain(
+        layers.Conv2d(2, 4, 3, padding=1, seed=0), "relu", layers.MaxPool2d(2),
+        layers.Conv2d(4, 6, (3, 2), stride=(2, 1), padding="valid", dilation=1, seed=1),
+        layers.AvgPool2d(2, stride=1, padding=1), layers.Flatten(),
+        layers.Dense(6 * 2 * 4, 3, seed=2)), lambda: _floats(7, 2, 9, 8)),
+    "conv_groups_dilation_same": (lambda: layers.Chain(
+        layers.Conv2d(4, 8, 3, padding="same", dilation=2, groups=2, seed=0),
+        layers.Conv2d(8, 8, 2, padding="same", groups=8, bias=False, seed=1),
+        layers.MaxPool2d(3, stride=2, padding=1),
+        layers.Parallel("concat_channels", layers.Conv2d(8, 2, 1, seed=2), layers.AvgPool2d(1)),
+        layers.GlobalAvgPool()), lambda: _floats(7, 4, 8, 8)),
+    "conv1d_reshape": (lambda: layers.Chain(
+        layers.Reshape((2, 12)), layers.Conv1d(2, 3, 5, stride=2, padding=2, seed=0),
+        layers.Flatten(start_dim=-2), layers.Reshape((3, -1)), layers.GlobalAvgPool()),
+        lambda: _floats(7, 24)),
     "embedding": (lambda: layers.Chain(layers.Embedding(20, 6, seed=0),
                                        layers.Dense(6, 4, seed=1)), lambda: _tokens(7, 5)),
 }
