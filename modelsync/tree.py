@@ -179,9 +179,10 @@ def cache_of(model: Any) -> Walked:
 
 
 def _walk_layer(node: Any, prefix: str, found: list[tuple[str, Any]], tracked: list[Any],
-                watchable: list[bool]) -> None:
+                watchable: list[bool], _get: Any = object.__getattribute__) -> None:
+    # (object's own lookup: a moved layer refuses getattr, and a walk must still see it)
     for name in field_names(type(node)):
-        _walk_value(getattr(node, name), prefix + name, found, tracked, watchable)
+        _walk_value(_get(node, name), prefix + name, found, tracked, watchable)
 
 
 def _walk_value(value: Any, path: str, found: list[tuple[str, Any]], tracked: list[Any],
@@ -218,6 +219,7 @@ class ParamList(list):
 
     paths: list[str]
     path_of: dict[int, str]
+    owner: str  # the model's layer name, for messages ("Chain")
 
 
 def params(model: Any) -> ParamList:
@@ -226,6 +228,7 @@ def params(model: Any) -> ParamList:
     found = ParamList(named.values())
     found.paths = list(named)
     found.path_of = {id(p): path for path, p in named.items()}
+    found.owner = layer_name(model)
     return found
 
 
@@ -305,12 +308,19 @@ _moved: IdentityMap[str] = IdentityMap()
 
 
 def mark_moved(model: Any, where: str) -> None:
-    """Make every layer of ``model`` refuse use from now on: its Params went to ``where``."""
+    """Make every layer of ``model`` refuse use from now on: its Params went to ``where``.
+
+    Each layer also becomes an instance of its class's moved twin (`_moved_class`), whose
+    attribute access raises MovedError: ``orig.layers``, ``orig[0].weight``, ``len(orig)``.
+    Live layers keep their own class, so the guard costs their hot paths nothing."""
     nodes = [model] + [node for _, node in walk(model) if is_layer(node)]
     for node in nodes:
         _moved.set(node, where)  # (registered layers take weak references)
     for node in nodes:
         changed(node)  # the walks that hold these layers must now say so
+    for node in nodes:
+        if type(node) not in _MOVED_TWINS:
+            object.__setattr__(node, "__class__", _moved_class(type(node)))
 
 
 def check_not_moved(model: Any) -> None:
@@ -320,6 +330,54 @@ def check_not_moved(model: Any) -> None:
         raise MovedError(
             f"this {layer_name(model)} was moved to {where} by to_device(mode=\"move\") and "
             "no longer owns its Params; use the model that to_device returned")
+
+
+#: each registered class -> its moved twin, and the set of the twins
+_TWIN_OF: dict[type, type] = {}
+_MOVED_TWINS: set[type] = set()
+
+
+def _moved_class(cls: type) -> type:
+    """``cls``'s moved twin: a subclass with the same layout (so ``__class__`` can be set)
+    whose every non-dunder attribute read, write and delete raises MovedError, and whose
+    repr says where the Params went. It is a layer type too, so ``require_model`` and the
+    walk of a model that holds it report the move."""
+    twin = _TWIN_OF.get(cls)
+    if twin is None:
+        twin = type(cls.__name__, (cls,), {
+            "__slots__": (), "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "__getattribute__": _refusing_getattribute, "__setattr__": _refusing_setattr,
+            "__delattr__": _refusing_delattr, "__repr__": _moved_repr})
+        _TWIN_OF[cls] = twin
+        _MOVED_TWINS.add(twin)
+        LAYER_TYPES.add(twin)
+        _FIELD_NAMES[twin] = field_names(cls)
+    return twin
+
+
+def _refusing_getattribute(self: Any, name: str) -> Any:
+    if name[:2] == "__":  # (type(x), isinstance and the copy/pickle guards look these up)
+        return object.__getattribute__(self, name)
+    raise _moved_error(self, f"reading .{name} of")
+
+
+def _refusing_setattr(self: Any, name: str, value: Any) -> None:
+    raise _moved_error(self, f"setting .{name} of")
+
+
+def _refusing_delattr(self: Any, name: str) -> None:
+    raise _moved_error(self, f"deleting .{name} of")
+
+
+def _moved_repr(self: Any) -> str:
+    return f"{layer_name(self)}(<moved to {_moved.get(self, '?')}>)"
+
+
+def _moved_error(node: Any, doing: str) -> MovedError:
+    return MovedError(
+        f"{doing} this {layer_name(node)}: it was moved to {_moved.get(node, '?')} by "
+        "to_device(mode=\"move\") and no longer owns its Params or layers; use the model "
+        "that to_device returned")
 
 
 def _refuse_copies_when_moved(cls: type) -> None:

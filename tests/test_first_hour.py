@@ -1,0 +1,109 @@
+"""Issue 19, a user's first hour: no silent no-op step, a moved-from model that refuses every
+use, a quiet command line on a broken pipe, and messages that say what a newcomer needs."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+import modelsync as ms
+from modelsync import layers, losses, optim
+
+
+def mlp(seed: int = 0) -> layers.Chain:
+    return layers.Chain(layers.Dense(3, 4, "relu", seed=seed), layers.Dense(4, 2, seed=seed + 1))
+
+
+def batch(dev: ms.Device | str = "host"):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    y = rng.integers(0, 2, 5)
+    return ms.to_device(x, dev), ms.to_device(y, dev)
+
+
+# -- 1. a step that would change nothing raises --------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda ps: optim.Adam(ps, lr=0.1),
+    lambda ps: optim.SGD(ps, lr=0.1),
+    lambda ps: optim.ClipNorm(ps, 1.0),
+    lambda ps: optim.chain(optim.WeightDecay(ps, 1e-4), optim.Momentum(ps, lr=0.1)),
+])
+def test_an_optimizer_of_the_host_model_refuses_a_step_after_a_backprop_of_the_copy(make):
+    model = mlp()
+    opt = make(ms.params(model))  # made before the copy: the guide's loop, the classic slip
+    gpu = ms.to_device(model, "sim:1")
+    before = [p.value.copy() for p in ms.params(model)]
+    opt.zero_grad()
+    ms.backprop(gpu, losses.cross_entropy, *batch("sim:1"))
+    with pytest.raises(ms.ArgumentError) as info:
+        opt.step()
+    message = str(info.value)
+    assert "no" in message and "gradient" in message
+    assert "Chain on host" in message  # which model its Params belong to
+    assert "Params of its own" in message and "ms.params(gpu_model)" in message
+    assert "layers.0.weight" in message
+    for p, old in zip(ms.params(model), before, strict=True):
+        np.testing.assert_array_equal(p.value, old)  # nothing changed
+
+
+def test_a_step_with_no_backprop_at_all_raises_and_one_with_some_gradients_steps():
+    model = mlp()
+    opt = optim.SGD(ms.params(model), lr=0.1)
+    opt.zero_grad()
+    with pytest.raises(ms.ArgumentError, match="SGD.step"):
+        opt.step()
+    ps = ms.params(model)
+    ps[2].grad = np.ones(ps[2].shape, np.float32)  # one Param with a gradient: torch's rule
+    before = [p.value.copy() for p in ps]
+    opt.step()
+    np.testing.assert_array_equal(ps[0].value, before[0])  # skipped: no gradient
+    np.testing.assert_allclose(ps[2].value, before[2] - 0.1)
+
+
+def test_the_loop_bound_to_the_copy_trains():
+    model = mlp()
+    gpu = ms.to_device(model, "sim:1")
+    opt = optim.SGD(ms.params(gpu), lr=0.1)
+    opt.zero_grad()
+    ms.backprop(gpu, losses.cross_entropy, *batch("sim:1"))
+    opt.step()  # no error: its Params have gradients
+
+
+# -- 2. a moved-from model refuses everything ---------------------------------------------
+def test_a_moved_from_model_refuses_indexing_attributes_iteration_and_len():
+    orig = mlp()
+    inner = orig[0]  # a sublayer held before the move
+    moved = ms.to_device(orig, "sim:1", mode="move")
+    uses = {
+        "index": lambda: orig[0],
+        "weight.value": lambda: orig[0].weight.value,
+        "assign": lambda: orig[0].weight.assign(np.zeros((4, 3), np.float32)),
+        "layers": lambda: orig.layers,
+        "iter": lambda: list(orig),
+        "len": lambda: len(orig),
+        "inner.weight": lambda: inner.weight,
+        "inner.assign": lambda: inner.weight.assign(np.zeros((4, 3), np.float32)),
+        "set": lambda: setattr(inner, "bias", None),
+        "forward": lambda: inner.forward,
+        "deepcopy": lambda: copy.deepcopy(orig),
+    }
+    for name, use in uses.items():
+        with pytest.raises(ms.MovedError, match="moved to sim:1") as info:
+            use()
+        assert "to_device returned" in str(info.value), name
+    assert "moved to sim:1" in repr(orig)  # repr still works (a debugger, a traceback)
+    assert isinstance(orig, layers.Chain)
+    # the moved Params themselves are the new model's, and stay valid
+    assert ms.params(moved)[0].value.shape == (4, 3)
+    ms.params(moved)[1].assign(np.ones(4, np.float32))
+    x, _ = batch("sim:1")
+    assert tuple(moved(x).shape) == (5, 2)
+
+
+def test_moving_one_model_leaves_its_siblings_attributes_alone():
+    a, b = mlp(), mlp()
+    ms.to_device(a, "sim:1", mode="move")
+    assert b[0].weight.shape == (4, 3) and len(b) == 2  # same classes, not moved
+    assert type(b) is layers.Chain
