@@ -24,6 +24,8 @@ _REGISTRY: dict[str, type] = {}
 LAYER_TYPES: set[type] = set()  # the registered classes, for an O(1) is_layer
 PLAIN_CONFIG = frozenset({int, float, str, bool, type(None)})  # configuration kept as it is
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # each layer class's attrs field names
+_TWIN_OF: dict[type, type] = {}  # each registered class -> its moved twin (`_moved_class`)
+_MOVED_TWINS: set[type] = set()  # the twins
 
 def register_layer(cls: type, name: str | None = None) -> type:
     """Record ``cls`` under ``name`` (default: its class name) so `ms.load` can rebuild it."""
@@ -64,7 +66,8 @@ def layer_name(node: Any) -> str:
 
 
 def is_layer(value: Any) -> bool:
-    return type(value) in LAYER_TYPES
+    kind = type(value)
+    return kind in LAYER_TYPES or kind in _MOVED_TWINS  # (a moved layer is still a layer)
 
 
 def field_names(cls: type) -> tuple[str, ...]:
@@ -195,6 +198,9 @@ def _walk_value(value: Any, path: str, found: list[tuple[str, Any]], tracked: li
         _walk_layer(value, path + ".", found, tracked, watchable)
     elif kind in PLAIN_CONFIG:
         pass
+    elif kind in _MOVED_TWINS:  # a moved layer: walked, so the model holding it says so
+        found.append((path, value))
+        _walk_layer(value, path + ".", found, tracked, watchable)
     else:
         if kind is TrackedList:
             tracked.append(value)
@@ -332,16 +338,12 @@ def check_not_moved(model: Any) -> None:
             "no longer owns its Params; use the model that to_device returned")
 
 
-#: each registered class -> its moved twin, and the set of the twins
-_TWIN_OF: dict[type, type] = {}
-_MOVED_TWINS: set[type] = set()
-
-
 def _moved_class(cls: type) -> type:
     """``cls``'s moved twin: a subclass with the same layout (so ``__class__`` can be set)
     whose every non-dunder attribute read, write and delete raises MovedError, and whose
-    repr says where the Params went. It is a layer type too, so ``require_model`` and the
-    walk of a model that holds it report the move."""
+    repr says where the Params went. ``is_layer`` and the walk know the twins (not as
+    LAYER_TYPES: a snapshot of the registry must not lose them), so ``require_model`` and
+    the walk of a model that holds one report the move."""
     twin = _TWIN_OF.get(cls)
     if twin is None:
         twin = type(cls.__name__, (cls,), {
@@ -350,7 +352,6 @@ def _moved_class(cls: type) -> type:
             "__delattr__": _refusing_delattr, "__repr__": _moved_repr})
         _TWIN_OF[cls] = twin
         _MOVED_TWINS.add(twin)
-        LAYER_TYPES.add(twin)
         _FIELD_NAMES[twin] = field_names(cls)
     return twin
 
