@@ -107,3 +107,51 @@ def test_moving_one_model_leaves_its_siblings_attributes_alone():
     ms.to_device(a, "sim:1", mode="move")
     assert b[0].weight.shape == (4, 3) and len(b) == 2  # same classes, not moved
     assert type(b) is layers.Chain
+
+
+# -- 4. the command line ---------------------------------------------------------------------
+def saved_model(tmp_path) -> str:
+    path = str(tmp_path / "model.safetensors")
+    ms.save(mlp(), path)
+    return path
+
+
+@pytest.mark.parametrize("command", [["inspect", "FILE"],
+                                     ["demo", "--device", "host", "--no-progress"]])
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path, command):
+    """`modelsync inspect FILE | head -3`: the reader is gone before the output is written;
+    the command ends with no message, with the status of a SIGPIPE (as `seq 1e9 | head`)."""
+    import os
+    import subprocess
+    import sys
+
+    argv = [saved_model(tmp_path) if a == "FILE" else a for a in command]
+    read, write = os.pipe()
+    os.close(read)  # (closed before the command starts: every write fails, no race)
+    try:
+        done = subprocess.run([sys.executable, "-m", "modelsync", *argv], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.stderr == ""  # not "modelsync: error: [Errno 32] Broken pipe"
+    assert done.returncode == 128 + 13
+
+
+def test_ranks_help_says_it_launches_mpiexec():
+    from modelsync.cli import build_parser
+
+    parser = build_parser()
+    demo = parser._subparsers._group_actions[0].choices["demo"]
+    (ranks,) = [a for a in demo._actions if "--ranks" in a.option_strings]
+    assert "launches mpiexec" in ranks.help and "yourself" not in ranks.help
+
+
+def test_the_distributed_demo_says_1_rank_and_one_unit_system(capsys):
+    from modelsync.cli import main
+
+    assert main(["demo", "--mode", "copy", "--epochs", "1", "--device", "host",
+                 "--no-progress", "--distributed"]) == 0
+    out = capsys.readouterr().out
+    assert "1 rank" in out and "1 ranks" not in out
+    assert "bytes per step" not in out  # "0 B per step", as the table's "37.5 KiB"
+    assert "0 B per step host/device" in out
