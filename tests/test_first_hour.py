@@ -155,3 +155,40 @@ def test_the_distributed_demo_says_1_rank_and_one_unit_system(capsys):
     assert "1 rank" in out and "1 ranks" not in out
     assert "bytes per step" not in out  # "0 B per step", as the table's "37.5 KiB"
     assert "0 B per step host/device" in out
+
+
+# -- 5. messages -----------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", ["host", "sim:1"])
+def test_cross_entropy_names_the_labels_dtype_as_host_does(spec):
+    logits = ms.to_device(np.zeros((2, 3), np.float32), spec)
+    labels = ms.to_device(np.zeros(2, np.float32), spec)
+    with pytest.raises(ms.ArgumentError) as info:
+        losses.cross_entropy(logits, labels)
+    assert "labels have dtype float32," in str(info.value)
+    assert "array_api_strict" not in str(info.value)
+
+
+def test_to_host_names_itself_as_the_reason_of_its_transfers():
+    gpu = ms.to_device(mlp(), "sim:1")
+    with ms.transfer_guard("disallow"), pytest.raises(ms.TransferError) as info:
+        ms.to_host(gpu)
+    assert "to_host(mode='copy')" in str(info.value)
+    assert "to_device" not in str(info.value)
+    with ms.track_transfers() as t:
+        ms.to_host(gpu, mode="move")
+    assert {e.reason for e in t.events} == {"to_host(mode='move')"}
+    with ms.track_transfers() as t:
+        ms.to_device(mlp(), "sim:1")
+    assert {e.reason for e in t.events} == {"to_device(mode='copy')"}
+
+
+def test_the_docs_stand_alone_without_shared_origin():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in [*root.glob("docs/*.md"), root / "README.md", root / "semantics" / "modes.md"]:
+        assert "shared/origin" not in path.read_text(encoding="utf-8"), path
+    concepts = (root / "docs" / "concepts.md").read_text(encoding="utf-8")
+    assert "FluxML/Flux.jl pull request #26" in concepts
+    assert "https://github.com/FluxML/Flux.jl/pull/26" in concepts
+    assert "wrapper" in concepts and "deep copy" in concepts and "ownership" in concepts
