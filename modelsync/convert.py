@@ -19,7 +19,7 @@ import numpy as np
 
 from . import coherence, flat
 from .devices import HOST, Device, device, is_array
-from .errors import ArgumentError, CoherenceError
+from .errors import ArgumentError, ArgumentTypeError, CoherenceError
 from .params import Param
 from .rebuild import rebuild
 from .syncing import sync as sync  # (re-exported: `from .convert import sync` still works)
@@ -41,6 +41,11 @@ def to_device(model: Any, device: Device | str = "auto", *, mode: str = "copy") 
     A plain array (a data batch) is moved too, counted as data: ``to_device(x, "cuda")``.
     """
     _check_mode(mode)
+    if isinstance(model, (list, tuple)) and any(is_layer(m) for m in model):
+        raise ArgumentTypeError(
+            f"model is a {type(model).__name__} of models; convert one model at a time "
+            "([ms.to_device(m, device) for m in models]), or hold them in one "
+            "layers.Chain")
     if not is_layer(model) and (is_array(model) or isinstance(model, (list, tuple, np.generic))):
         if mode != "copy":
             raise ArgumentError(f"mode={mode!r} applies to models; an array is always copied")

@@ -14,7 +14,7 @@ from .errors import ArgumentError, ArgumentTypeError
 from .layers.base import Context, check_rng, forward_pair, on_model_device, param_device
 from .losses import Loss
 from .transfers import to_device_array
-from .tree import params, require_model
+from .tree import is_layer, params, require_model
 
 
 def backprop(model: Any, loss_fn: Loss, x: Any, y: Any, *, rng: Any = None) -> float:
@@ -86,6 +86,11 @@ def train(model: Any, data: Iterable[tuple[Any, Any]], loss_fn: Loss, optimizer:
 def _check_optimizer(optimizer: Any, model: Any) -> None:
     """TypeError for a non-optimizer; ArgumentError for one bound to none of the model's
     Params (the classic slip: an optimizer made before a copy-mode conversion)."""
+    if is_layer(optimizer):
+        raise ArgumentTypeError(
+            f"optimizer is a model ({type(optimizer).__name__}); expected an optimizer bound to "
+            "the model's Params, e.g. optim.Adam(ms.params(model)) (the order is "
+            "ms.train(model, data, loss_fn, optimizer))")
     if not (callable(getattr(optimizer, "step", None))
             and callable(getattr(optimizer, "zero_grad", None))):
         raise ArgumentTypeError(

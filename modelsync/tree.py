@@ -89,12 +89,31 @@ def is_container(value: Any) -> bool:
         isinstance(v, Param) or is_layer(v) or is_container(v) for v in value)
 
 
+def described(value: Any) -> str:
+    """What ``value`` is, for a message about a misplaced argument: "a model (Chain)", "an
+    optimizer (Adam)", "a list of Params", else "a <type>"."""
+    if is_layer(value):
+        return f"a model ({layer_name(value)})"
+    if callable(getattr(value, "step", None)) and callable(getattr(value, "zero_grad", None)):
+        return f"an optimizer ({type(value).__name__})"
+    if isinstance(value, (list, tuple)) and value and all(type(v) is Param for v in value):
+        return f"a {type(value).__name__} of Params".replace("ParamList", "list")
+    return f"a {type(value).__name__}"
+
+
 def require_model(model: Any, argument: str = "model") -> None:
     """TypeError unless ``model`` is a registered layer; MovedError if it was moved away."""
     if not is_layer(model):
+        kind = described(model)
+        hint = ""
+        if kind.startswith(("an optimizer", "a list of Params", "a tuple of Params")):
+            hint = ("; pass the model itself (an optimizer, or ms.params(model), holds only its "
+                    "Params)")
+        elif isinstance(model, (list, tuple)) and any(is_layer(v) for v in model):
+            hint = "; pass one model (a Chain holds several layers: layers.Chain(a, b))"
         raise ArgumentTypeError(
-            f"{argument} is a {type(model).__name__}; expected a model: a tree of layers "
-            "registered with @ms.layer")
+            f"{argument} is {kind}; expected a model: a tree of layers registered with "
+            f"@ms.layer{hint}")
     check_not_moved(model)
     moved = cache_of(model).moved
     if moved is not None:

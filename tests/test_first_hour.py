@@ -192,3 +192,62 @@ def test_the_docs_stand_alone_without_shared_origin():
     assert "FluxML/Flux.jl pull request #26" in concepts
     assert "https://github.com/FluxML/Flux.jl/pull/26" in concepts
     assert "wrapper" in concepts and "deep copy" in concepts and "ownership" in concepts
+
+
+# -- 6. a newcomer's typical mistakes: one clear error naming argument, value, expectation ---
+def mistakes(tmp_path):
+    model = mlp()
+    opt = optim.SGD(ms.params(model), lr=0.1)
+    path = saved_model(tmp_path)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    x, y = batch()
+    return {
+        "train(optimizer=model)": (lambda: ms.train(model, [(x, y)], losses.cross_entropy,
+                                                    model),
+                                   TypeError, ["optimizer is a model (Chain)",
+                                               "optim.Adam(ms.params(model))"]),
+        "train(model=optimizer)": (lambda: ms.train(opt, [(x, y)], losses.cross_entropy, opt),
+                                   TypeError, ["model is an optimizer (SGD)",
+                                               "pass the model itself"]),
+        "params(optimizer)": (lambda: ms.params(opt), TypeError,
+                              ["model is an optimizer (SGD)"]),
+        "sync(dst, params)": (lambda: ms.sync(model, ms.params(model)), TypeError,
+                              ["src is a list of Params", "pass the model itself"]),
+        "save(optimizer=model)": (lambda: ms.save(model, str(tmp_path / "a.safetensors"),
+                                                  optimizer=model),
+                                  TypeError, ["optimizer is a model (Chain)"]),
+        "load_optimizer(path, model)": (lambda: ms.load_optimizer(path, model), TypeError,
+                                        ["optimizer is a model (Chain)"]),
+        "load_optimizer(opt, path)": (lambda: ms.load_optimizer(opt, path), TypeError,
+                                      ["optimizer is a str",
+                                       "ms.load_optimizer(path, optimizer)"]),
+        "save(path, model)": (lambda: ms.save(path, model), TypeError,
+                              ["path is a model (Chain)", "ms.save(model, path)"]),
+        "load(model)": (lambda: ms.load(model), TypeError, ["path is a model (Chain)"]),
+        "to_device([models])": (lambda: ms.to_device([model, mlp()], "sim:1"), TypeError,
+                                ["model is a list of models", "one model at a time"]),
+        "save(directory)": (lambda: ms.save(model, str(folder)), ms.SaveError,
+                            [str(folder), "is a directory"]),
+        "load(directory)": (lambda: ms.load(str(folder)), ms.LoadError,
+                            [str(folder), "is a directory"]),
+        "load_into(directory)": (lambda: ms.load_into(model, str(folder)), ms.LoadError,
+                                 ["is a directory"]),
+        "to_device(wrong device)": (lambda: ms.to_device(model, "gpu"), ms.DeviceError,
+                                    ["'gpu'", "Available"]),
+        "model(x on another device)": (lambda: model(batch("sim:1")[0]),
+                                       ms.DeviceMismatchError, ["sim:1", "host", "layers.0"]),
+        "batches(model)": (lambda: ms.batches(model, batch_size=2), TypeError,
+                           ["arrays[0] is a Chain"]),
+    }
+
+
+def test_every_typical_mistake_is_one_clear_error(tmp_path):
+    for name, (call, error, words) in mistakes(tmp_path).items():
+        with pytest.raises(error) as info:
+            call()
+        assert isinstance(info.value, ms.ModelSyncError), name
+        message = str(info.value)
+        for word in words:
+            assert word in message, (name, message)
+        assert "Chain(layers=[" not in message, (name, message)  # no model repr as a "value"
