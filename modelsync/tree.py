@@ -201,8 +201,19 @@ def cache_of(model: Any) -> Walked:
 
 
 def _walk_layer(node: Any, prefix: str, found: list[tuple[str, Any]], tracked: list[Any],
+                watchable: list[bool]) -> None:
+    if type(node) in _MOVED_TWINS:
+        _walk_moved(node, prefix, found, tracked, watchable)
+        return
+    for name in field_names(type(node)):
+        _walk_value(getattr(node, name), prefix + name, found, tracked, watchable)
+
+
+def _walk_moved(node: Any, prefix: str, found: list[tuple[str, Any]], tracked: list[Any],
                 watchable: list[bool], _get: Any = object.__getattribute__) -> None:
-    # (object's own lookup: a moved layer refuses getattr, and a walk must still see it)
+    """`_walk_layer` of a moved layer, which refuses getattr: object's own lookup reads its
+    fields, so the walk of a model that holds it can say where it went. (Slower than
+    getattr, so live layers do not take this path.)"""
     for name in field_names(type(node)):
         _walk_value(_get(node, name), prefix + name, found, tracked, watchable)
 
@@ -219,7 +230,7 @@ def _walk_value(value: Any, path: str, found: list[tuple[str, Any]], tracked: li
         pass
     elif kind in _MOVED_TWINS:  # a moved layer: walked, so the model holding it says so
         found.append((path, value))
-        _walk_layer(value, path + ".", found, tracked, watchable)
+        _walk_moved(value, path + ".", found, tracked, watchable)
     else:
         if kind is TrackedList:
             tracked.append(value)
