@@ -356,7 +356,10 @@ def mark_moved(model: Any, where: str) -> None:
         changed(node)  # the walks that hold these layers must now say so
     for node in nodes:
         if type(node) not in _MOVED_TWINS:
-            object.__setattr__(node, "__class__", _moved_class(type(node)))
+            try:
+                object.__setattr__(node, "__class__", _moved_class(type(node)))
+            except TypeError:  # (a layout or metaclass that refuses it: the marks still hold)
+                pass
 
 
 def check_not_moved(model: Any) -> None:
@@ -376,7 +379,7 @@ def _moved_class(cls: type) -> type:
     the walk of a model that holds one report the move."""
     twin = _TWIN_OF.get(cls)
     if twin is None:
-        twin = type(cls.__name__, (cls,), {
+        twin = type(cls)(cls.__name__, (cls,), {
             "__slots__": (), "__module__": cls.__module__, "__qualname__": cls.__qualname__,
             "__getattribute__": _refusing_getattribute, "__setattr__": _refusing_setattr,
             "__delattr__": _refusing_delattr, "__repr__": _moved_repr})
