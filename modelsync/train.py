@@ -76,7 +76,8 @@ def train(model: Any, data: Iterable[tuple[Any, Any]], loss_fn: Loss, optimizer:
                 optimizer.zero_grad()
                 loss = backprop(model, loss_fn, to_device_array(x, target),
                                 to_device_array(y, target), rng=rng)
-                optimizer.step()
+                with on_model_device(model):  # (the step's CuPy work: the model's GPU)
+                    optimizer.step()
                 losses.append(loss)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)

@@ -40,9 +40,38 @@ CASES = {
     "layernorm_dropout": (lambda: layers.Chain(
         layers.Dense(8, 12, seed=0), layers.LayerNorm(12), layers.Dropout(0.3),
         layers.Dense(12, 3, bias=False, seed=1)), lambda: _floats(7, 8)),
+    "skip_and_parallel": (lambda: layers.Chain(
+        layers.SkipConnection(layers.Chain(layers.Dense(6, 6, "relu", seed=0),
+                                           layers.Dense(6, 6, seed=1))),
+        layers.SkipConnection(layers.Dense(6, 6, seed=2), "mul"),
+        layers.SkipConnection(layers.Dense(6, 2, seed=3), "concat"),
+        layers.Parallel("add", layers.Dense(8, 4, seed=4), layers.Dense(8, 4, seed=5),
+                        layers.Dense(8, 4, seed=6)),
+        layers.Parallel("mul", layers.Dense(4, 3, seed=7), layers.Dense(4, 3, "tanh", seed=8)),
+        layers.Parallel("concat", layers.Dense(3, 2, seed=9), layers.LayerNorm(3))),
+        lambda: _floats(7, 6)),
+    "rmsnorm_attention": (lambda: layers.Chain(
+        layers.Dense(8, 16, seed=0), layers.RMSNorm(16),
+        layers.MultiHeadAttention(16, 4, seed=1),
+        layers.MultiHeadAttention(16, 2, bias=False, causal=True, seed=2)),
+        lambda: _floats(7, 5, 8)),
+    "language_model": (lambda: _tiny_lm(), lambda: _tokens(7, 6)),
+    "gru_lstm": (lambda: layers.Chain(
+        layers.GRU(4, 6, seed=0), layers.LSTM(6, 5, seed=1), layers.GRU(5, 3, bias=False, seed=2),
+        layers.LSTM(3, 4, bias=False, seed=3), layers.LastStep(), layers.Dense(4, 2, seed=4)),
+        lambda: _floats(7, 5, 4)),
     "embedding": (lambda: layers.Chain(layers.Embedding(20, 6, seed=0),
                                        layers.Dense(6, 4, seed=1)), lambda: _tokens(7, 5)),
 }
+
+
+def _tiny_lm():
+    embed = layers.Embedding(20, 8, seed=0)
+    return layers.Chain(embed, layers.PositionalEmbedding(6, 8, seed=1),
+                        layers.SkipConnection(layers.Chain(
+                            layers.LayerNorm(8), layers.MultiHeadAttention(8, 2, causal=True,
+                                                                           seed=2))),
+                        layers.LayerNorm(8), layers.Unembed(embed))
 
 
 def _run(path, x):
@@ -106,6 +135,14 @@ def test_a_tied_param_is_stored_once(tmp_path):
     assert len(graph.initializer) - _scalars(graph) == 2  # one weight, one bias
     np.testing.assert_allclose(_run(tmp_path / "m.onnx", _floats(7, 6)), model(_floats(7, 6)),
                                rtol=RTOL, atol=ATOL)
+
+
+def test_unembed_shares_the_embedding_initializer(tmp_path):
+    model = _tiny_lm()
+    ms.export_onnx(model, tmp_path / "m.onnx", example=_tokens(1, 6))
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    tables = [t for t in graph.initializer if tuple(t.dims) == (20, 8)]
+    assert len(tables) == 1
 
 
 def _scalars(graph):

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..layers.activations import Activation
 from ..layers.chain import Chain
+from ..layers.combinators import Parallel, SkipConnection
 from ..layers.dense import Dense
 from ..layers.dropout import Dropout
 from ..layers.embedding import Embedding
@@ -89,3 +90,27 @@ def _layer_norm(g: Emitter, layer: LayerNorm, x: Value, path: str) -> str:
     return g.node("LayerNormalization", [
         x.name, g.param(layer.weight, child_path(path, "weight")),
         g.param(layer.bias, child_path(path, "bias"))], path, axis=-1, epsilon=layer.eps)
+
+
+def join(g: Emitter, connection: str, names: list[str], path: str) -> str:
+    """A combinator's connection over its branch outputs (modelsync.layers.combinators)."""
+    if connection in ("add", "mul"):
+        op = "Add" if connection == "add" else "Mul"
+        y = names[0]
+        for other in names[1:]:
+            y = g.node(op, [y, other], path)
+        return y
+    return g.node("Concat", names, path, axis=-1 if connection == "concat" else 1)
+
+
+@export_rule(SkipConnection)
+def _skip(g: Emitter, layer: SkipConnection, x: Value, path: str) -> str:
+    inner = g.emit(layer.layer, x, child_path(path, "layer"))
+    return join(g, layer.connection, [inner.name, x.name], path)
+
+
+@export_rule(Parallel)
+def _parallel(g: Emitter, layer: Parallel, x: Value, path: str) -> str:
+    outs = [g.emit(branch, x, child_path(path, f"layers.{i}")).name
+            for i, branch in enumerate(layer.layers)]
+    return join(g, layer.connection, outs, path)
