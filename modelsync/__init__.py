@@ -1,7 +1,8 @@
 """modelsync: small neural-network models whose Params live on the host (NumPy), a GPU (CuPy)
 or a simulated device, and cross between them as a copy, a move or a wrapper."""
 
-from . import distributed, interop, layers, losses, optim
+from . import datasets, distributed, interop, layers, losses, optim
+from .batching import batches
 from .convert import detach, sync, to_device, to_host
 from .devices import Device, available_devices, device
 from .errors import (
@@ -10,6 +11,7 @@ from .errors import (
     CoherenceError,
     DeviceError,
     DeviceMismatchError,
+    ExportError,
     GradientCheckError,
     GraphMismatchError,
     LoadError,
@@ -18,6 +20,7 @@ from .errors import (
     SaveError,
     TransferError,
 )
+from .export import export_onnx, export_rule
 from .gradcheck import check_gradients
 from .interop import state_dict
 from .io import load, load_into, load_optimizer, read_metadata, save
@@ -32,10 +35,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArgumentError", "ArgumentTypeError", "CoherenceError", "Device", "DeviceError",
-    "DeviceMismatchError", "GradientCheckError", "GraphMismatchError", "LoadError",
+    "DeviceMismatchError", "ExportError", "GradientCheckError", "GraphMismatchError", "LoadError",
     "ModelSyncError", "MovedError", "Param", "SaveError", "TransferError", "TransferLedger",
     "available_devices", "backprop", "check_gradients", "detach", "device", "distributed",
+    "export_onnx", "export_rule",
     "flatten", "graph_id", "interop", "layer", "layers", "load", "load_into", "load_optimizer",
     "losses", "named_params", "optim", "params", "read_metadata", "save", "state_dict", "sync",
     "to_device", "to_host", "track_transfers", "train", "transfer_guard",
+    "batches", "datasets",
 ]

@@ -8,6 +8,7 @@ line on stderr, ``modelsync: error: ...``, and a non-zero exit status, never a t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -17,6 +18,7 @@ from .errors import ArgumentError, ModelSyncError
 PROG = "modelsync"
 EXIT_ERROR = 1  # the library refused (bad device, unwritable folder, unreadable file)
 EXIT_USAGE = 2  # the command line itself was wrong (argparse's convention)
+EXIT_BROKEN_PIPE = 128 + 13  # the reader closed the pipe (`| head`): a SIGPIPE's status
 
 
 class UsageError(Exception):
@@ -69,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "of the data: run as mpiexec -n N modelsync demo --distributed "
                              "(needs pip install 'modelsync[mpi]')")
     across.add_argument("--ranks", type=_positive_int, default=None, metavar="N",
-                        help="launch mpiexec -n N modelsync demo --distributed yourself (the "
-                             "mpiexec next to this Python, else the one on PATH)")
+                        help="run the distributed demo on N processes: launches mpiexec -n N "
+                             "modelsync demo --distributed for you, with the same options (the "
+                             "mpiexec next to this Python, else the one on PATH; needs pip "
+                             "install 'modelsync[mpi]')")
     _progress_option(demo)
 
     explore = commands.add_parser(
@@ -93,7 +97,34 @@ def build_parser() -> argparse.ArgumentParser:
     _device_option(inspect, default=None,
                    extra="also load the model onto this device and report it (default: only "
                          "read the file)")
+    export = commands.add_parser(
+        "export", help="write a saved model as an ONNX graph (needs modelsync[onnx])",
+        description="Load a .safetensors file written by ms.save (nothing in it is executed), "
+                    "and write the model in evaluation mode as an ONNX graph checked by ONNX's "
+                    "checker, with a dynamic batch axis. --input-shape is one example batch's "
+                    "shape, batch first (1,64 for the digits MLP; 1,1,8,8 for the CNN; 1,64 "
+                    "with --dtype int64 for the language model's token ids).")
+    export.add_argument("file", metavar="MODEL", help="a file written by ms.save")
+    export.add_argument("out", metavar="OUT", help="the .onnx file to write (atomically)")
+    export.add_argument("--input-shape", required=True, type=_shape, metavar="N,D,...",
+                        help="the example input's shape, batch first, e.g. 1,64")
+    export.add_argument("--dtype", default="float32",
+                        choices=("float16", "float32", "float64", "int32", "int64"),
+                        help="the input's dtype (default: float32; int64 for token ids)")
     return parser
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """An argparse type: a comma-separated shape of positive ints, batch first."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a shape; expected comma-separated positive integers such as "
+            "1,64") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every size must be at least 1")
+    return shape
 
 
 def _device_option(parser: argparse.ArgumentParser, default: str | None = "auto",
@@ -171,6 +202,7 @@ def _launch_ranks(args: argparse.Namespace) -> int:
 
 def _cmd_demo_distributed(args: argparse.Namespace) -> int:
     from . import demo
+    from .demo import ranks_text
     from .distributed import init
     from .distributed.demo import rank_device, run
 
@@ -179,7 +211,7 @@ def _cmd_demo_distributed(args: argparse.Namespace) -> int:
         demo.check_writable_dir(args.out, label="--out")
     _, device_line = rank_device(comm, args.device)
     if comm.rank == 0:
-        print(f"{device_line}; {comm.size} ranks", flush=True)
+        print(f"{device_line}; {ranks_text(comm.size)}", flush=True)
     rows = run(comm, dev=args.device, modes=args.mode, epochs=args.epochs or demo.DEFAULT_EPOCHS,
                out=args.out, progress=args.progress, seed=args.seed,
                log=lambda line: print(line, flush=True))
@@ -218,7 +250,21 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": _cmd_demo, "explore": _cmd_explore, "inspect": _cmd_inspect}
+def _cmd_export(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import io
+    from .export import export_onnx
+
+    model = io.load(args.file, device="host")
+    export_onnx(model, args.out, example=np.zeros(args.input_shape, dtype=args.dtype))
+    print(f"wrote {args.out} (input: batch x {' x '.join(map(str, args.input_shape[1:]))} "
+          f"{args.dtype})")
+    return 0
+
+
+COMMANDS = {"demo": _cmd_demo, "explore": _cmd_explore, "export": _cmd_export,
+            "inspect": _cmd_inspect}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,13 +278,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # (a closed pipe shows here, not in the interpreter's exit flush)
+        return status
+    except BrokenPipeError:  # `modelsync inspect FILE | head -3`: the reader is done
+        return _quiet_broken_pipe()
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except (ModelSyncError, ValueError, TypeError, OSError) as exc:
         return _fail(_one_line(exc), EXIT_ERROR)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+
+
+def _quiet_broken_pipe() -> int:
+    """End as Unix tools do when their reader closes the pipe: no message, the status of a
+    process ended by SIGPIPE (128 + 13). Standard output is pointed at /dev/null first, so
+    the interpreter's own flush at exit cannot fail again and print a warning."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # (stdout replaced, e.g. by a test harness)
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 def _one_line(exc: BaseException) -> str:

@@ -7,14 +7,13 @@ Calling a layer, ``layer(x)``, runs ``forward`` in evaluation mode and returns `
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 import numpy as np
 
-from ..devices import Device, device_of, dtype_name, is_array
+from ..devices import Device, device_of, dtype_name, is_array, on_device
 from ..errors import ArgumentError, ArgumentTypeError, DeviceMismatchError
 from ..params import Param
 from ..tree import param_paths, register_layer, require_model
@@ -64,11 +63,13 @@ def call(model: Any, x: Any, *, train: bool = False, rng: np.random.Generator | 
 
 def forward_pair(model: Any, x: Any, ctx: Context) -> tuple[Any, Any]:
     """``model.forward(x, ctx)``, checked to be the ``(y, pullback)`` pair every layer returns
-    (a custom layer returning only ``y`` is the common slip)."""
+    (a custom layer returning only ``y`` is the common slip); the error names ``ctx.path``,
+    so a layer that calls its children through this names a bad child however deep."""
     out = model.forward(x, ctx)
     if not (isinstance(out, tuple) and len(out) == 2 and callable(out[1])):
         raise ArgumentTypeError(
-            f"{type(model).__name__}.forward returned a {type(out).__name__}; a layer's "
+            f"{ctx.path or 'model'}: {type(model).__name__}.forward returned a "
+            f"{type(out).__name__}; a layer's "
             "forward(x, ctx) must return (y, pullback), where pullback(dy) returns dx and adds "
             "each Param's gradient (see docs/guide.md, 'Your own layer')")
     return out
@@ -90,8 +91,7 @@ def check_rng(rng: Any) -> np.random.Generator | None:
 def on_model_device(model: Any) -> Any:
     """Make the model's GPU current while it runs (CuPy creates arrays and launches kernels
     on the current GPU); nothing to do elsewhere."""
-    dev = param_device(model)
-    return dev.native if dev is not None and dev.kind == "cuda" else contextlib.nullcontext()
+    return on_device(param_device(model))
 
 
 def param_device(node: Any) -> Device | None:
