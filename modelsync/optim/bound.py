@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .. import interrupts
 from ..errors import ArgumentTypeError
 from ..params import Param
 from ..xp import namespace
@@ -91,8 +92,11 @@ class Bound:
     # -- the training-step API ---------------------------------------------------------------
     def step(self) -> None:
         """Apply one update to every bound Param that has a gradient; a step that cannot be
-        done (a transfer the guard refuses) raises and changes nothing."""
-        self._prepare_step()()
+        done (a transfer the guard refuses) raises and changes nothing; a Ctrl-C during the
+        update is delivered right after it."""
+        commit = self._prepare_step()
+        with interrupts.held():
+            commit()
 
     def _prepare_step(self) -> Callable[[], None]:
         """Do what may fail and change nothing; return the commit that does the rest."""
@@ -139,7 +143,9 @@ class Bound:
         """Restore hyperparameters and state from `state_dict`, each state array on its
         Param's device. Everything is checked first: a bad dict raises ArgumentError naming
         the first problem and changes nothing."""
-        self._prepare_load(state_dict)()
+        commit = self._prepare_load(state_dict)
+        with interrupts.held():
+            commit()
 
     def _prepare_load(self, sd: Any, where: str = "state_dict") -> Callable[[], None]:
         """Validate ``sd`` and copy its arrays to the devices; return the commit to run."""

@@ -1,0 +1,82 @@
+"""Holding Ctrl-C through a write: a KeyboardInterrupt (SIGINT) that arrives while a model is
+being written is recorded, and delivered as soon as the write is over, so the model is all
+old or all new and the interrupt is never lost.
+
+Python runs a signal handler between bytecodes of the main thread, so a Ctrl-C in the middle
+of an optimizer step over a thousand loose Params would otherwise stop it with some Params
+updated and the rest not. `held` swaps SIGINT's handler for one that only records the signal
+(two ``signal.signal`` calls, about a microsecond each) and, on the way out, puts the old
+handler back and hands it the recorded signal: Python's default one raises KeyboardInterrupt
+right there. Off the main thread (where no signal handler runs) and inside another `held`
+it does nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MAIN = threading.main_thread()
+_depth = 0  # how many `held` blocks the main thread is in (only it changes this)
+
+
+class _Held:
+    """The context manager `held` returns (a class, not a generator: it is on hot paths)."""
+
+    __slots__ = ("previous", "caught")
+
+    def __enter__(self) -> None:
+        global _depth
+        self.previous = None
+        if _depth or threading.current_thread() is not _MAIN:
+            return
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is None:  # a handler not installed from Python: we could not put it back
+            return
+        self.caught: list[Any] = []
+        caught = self.caught
+        signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+        self.previous = previous
+        _depth += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        global _depth
+        previous = self.previous
+        if previous is None:
+            return
+        _depth -= 1
+        signal.signal(signal.SIGINT, previous)
+        if self.caught:
+            _deliver(previous, self.caught[0])
+
+
+def held() -> _Held:
+    """Hold SIGINT through a ``with`` block: one that arrives in it is delivered (to the
+    handler that was installed before, normally raising KeyboardInterrupt) when the block
+    ends, whether it ends normally or with an exception."""
+    return _Held()
+
+
+def _deliver(handler: Any, frame: Any) -> None:
+    """Hand a held SIGINT to the handler it was meant for."""
+    if callable(handler):
+        handler(signal.SIGINT, frame)  # Python's default: raises KeyboardInterrupt here
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signal.SIGINT)  # the default action: the process ends
+    # (SIG_IGN: the signal was to be ignored anyway)
+
+
+def holding(fn: F) -> F:
+    """``fn`` with SIGINT held through each call (see `held`)."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with held():
+            return fn(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
