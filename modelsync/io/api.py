@@ -154,12 +154,15 @@ def load_into(model: Any, source: Any, *, check: str = "graph",
     staged = [array if found.owned and p.device == HOST else
               copy_to(array, p.device, reason="load_into", what="param")
               for p, array in pairs]
-    # every value is replaced, so a wrap-mode side is marked newest without a pull
-    with interrupts.held():  # a Ctrl-C now is delivered after the last write
-        storages = [p.writable(overwrite=True) for p, _ in pairs]
-        for storage, array in zip(storages, staged, strict=True):
-            storage[...] = array
+    interrupts.call(_write_all, pairs, staged)  # a Ctrl-C now comes after the last write
     return model
+
+
+def _write_all(pairs: list[tuple[Any, Any]], staged: list[Any]) -> None:
+    # every value is replaced, so a wrap-mode side is marked newest without a pull
+    storages = [p.writable(overwrite=True) for p, _ in pairs]
+    for storage, array in zip(storages, staged, strict=True):
+        storage[...] = array
 
 
 def _file_source(model: Any, path: Any, check: str, verify: bool

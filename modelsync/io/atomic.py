@@ -53,9 +53,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     temp: str | None = None
     handle: BinaryIO | None = None
     try:
-        with interrupts.held():  # the file and our note of it come into being together
-            fd, temp = _create(folder, path.name)
-            handle = open(fd, "wb")  # noqa: SIM115 (closed below, or on the way out)
+        # the file, its handle and our note of it come into being together
+        handle, temp = interrupts.call(_create, folder, path.name)
         with handle:
             write(handle)
             handle.flush()
@@ -105,18 +104,26 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
-def _create(folder: Path, name: str) -> tuple[int, str]:
-    """A new, empty temporary file in ``folder`` named after this process: (fd, path)."""
+def _create(folder: Path, name: str) -> tuple[BinaryIO, str]:
+    """A new, empty temporary file in ``folder`` named after this process, open for writing:
+    (file, path)."""
     prefix = f".{name[:_NAME_CHARS]}.{os.getpid()}-{_start_time(os.getpid())}-{_host_token()}."
     for _ in range(100):
         temp = os.path.join(folder, f"{prefix}{secrets.token_hex(4)}.tmp")
+        fd = -1
         try:
-            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600), temp
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
+            return open(fd, "wb"), temp  # noqa: SIM115 (the caller closes it)
         except FileExistsError:
             continue
-        except OSError as exc:
-            raise SaveError(f"{folder / name}: cannot create a temporary file in {folder}: "
-                            f"{exc.strerror or exc}") from exc
+        except BaseException as exc:
+            if fd >= 0:
+                os.close(fd)
+                os.unlink(temp)
+            if isinstance(exc, OSError):
+                raise SaveError(f"{folder / name}: cannot create a temporary file in {folder}: "
+                                f"{exc.strerror or exc}") from exc
+            raise
     raise SaveError(f"{folder / name}: cannot find a free temporary file name in {folder}")
 
 

@@ -94,9 +94,7 @@ class Bound:
         """Apply one update to every bound Param that has a gradient; a step that cannot be
         done (a transfer the guard refuses) raises and changes nothing; a Ctrl-C during the
         update is delivered right after it."""
-        commit = self._prepare_step()
-        with interrupts.held():
-            commit()
+        interrupts.call(self._prepare_step())
 
     def _prepare_step(self) -> Callable[[], None]:
         """Do what may fail and change nothing; return the commit that does the rest."""
@@ -143,9 +141,7 @@ class Bound:
         """Restore hyperparameters and state from `state_dict`, each state array on its
         Param's device. Everything is checked first: a bad dict raises ArgumentError naming
         the first problem and changes nothing."""
-        commit = self._prepare_load(state_dict)
-        with interrupts.held():
-            commit()
+        interrupts.call(self._prepare_load(state_dict))
 
     def _prepare_load(self, sd: Any, where: str = "state_dict") -> Callable[[], None]:
         """Validate ``sd`` and copy its arrays to the devices; return the commit to run."""
