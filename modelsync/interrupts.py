@@ -5,7 +5,7 @@ old or all new and the interrupt is never lost.
 Python runs a signal handler between bytecodes of the main thread, so a Ctrl-C in the middle
 of an optimizer step over a thousand loose Params would otherwise stop it with some Params
 updated and the rest not. `held` swaps SIGINT's handler for one that only records the signal
-(two ``signal.signal`` calls, about a microsecond each) and, on the way out, puts the old
+(two ``sigaction`` calls, a few microseconds in all) and, on the way out, puts the old
 handler back and hands it the recorded signal: Python's default one raises KeyboardInterrupt
 right there. Off the main thread (where no signal handler runs) and inside another `held`
 it does nothing.
@@ -19,6 +19,12 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+try:  # the C functions behind `signal`, without its enum wrapping (which costs 70 µs a call)
+    import _signal as _raw
+except ImportError:  # pragma: no cover (another Python)
+    _raw = signal
+
+_SIGINT = int(signal.SIGINT)
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
@@ -26,22 +32,28 @@ _MAIN = threading.main_thread()
 _depth = 0  # how many `held` blocks the main thread is in (only it changes this)
 
 
+_caught: list[Any] = []  # the frames of the SIGINTs held now (main thread only)
+
+
+def _record(signum: int, frame: Any) -> None:
+    _caught.append(frame)
+
+
 class _Held:
     """The context manager `held` returns (a class, not a generator: it is on hot paths)."""
 
-    __slots__ = ("previous", "caught")
+    __slots__ = ("previous",)
 
     def __enter__(self) -> None:
         global _depth
         self.previous = None
         if _depth or threading.current_thread() is not _MAIN:
             return
-        previous = signal.getsignal(signal.SIGINT)
+        previous = _raw.getsignal(_SIGINT)
         if previous is None:  # a handler not installed from Python: we could not put it back
             return
-        self.caught: list[Any] = []
-        caught = self.caught
-        signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+        _caught.clear()
+        _raw.signal(_SIGINT, _record)
         self.previous = previous
         _depth += 1
 
@@ -51,9 +63,11 @@ class _Held:
         if previous is None:
             return
         _depth -= 1
-        signal.signal(signal.SIGINT, previous)
-        if self.caught:
-            _deliver(previous, self.caught[0])
+        _raw.signal(_SIGINT, previous)
+        if _caught:
+            frame = _caught[0]
+            _caught.clear()
+            _deliver(previous, frame)
 
 
 def held() -> _Held:

@@ -80,9 +80,10 @@ def check_path(path: Any, argument: str = "path") -> Path:
         "os.PathLike file path")
 
 
-def read(path: Any) -> RawFile:
+def read(path: Any, *, header_only: bool = True) -> RawFile:
     """Open ``path`` and validate its safetensors header; no tensor data is read (see
-    `load_arrays`). LoadError for a missing, unreadable or malformed file."""
+    `load_arrays`; ``header_only`` is accepted for older callers, and changes nothing).
+    LoadError for a missing, unreadable or malformed file."""
     where = check_path(path)
     with _opened(where) as fh:
         size, header_bytes, header = _read_header(fh, where)
