@@ -93,8 +93,8 @@ def test_saves_sigkilled_at_random_moments_leave_nothing_after_the_next_save(tmp
     rng = random.Random(20)
     seen = 0
     deadline = time.monotonic() + 90  # the loop is bounded in time as well as in kills
-    for _ in range(6):
-        if time.monotonic() > deadline:
+    for kills in range(12):  # until a kill has landed inside a save, three kills at least
+        if time.monotonic() > deadline or (kills >= 3 and seen):
             break
         proc = spawn(SAVER.format(path=str(path)))
         try:

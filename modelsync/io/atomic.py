@@ -161,6 +161,8 @@ def _abandoned(entry: os.DirEntry, pid: int, start: int, token: str, host: str) 
             return False
     if pid == os.getpid():
         return start != _start_time(pid)  # (equal: one of our own saves, maybe in a thread)
+    if os.name != "posix":  # (on Windows os.kill(pid, 0) would send a Ctrl-C event)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
