@@ -1,4 +1,5 @@
-"""Built-in layers: Dense/Affine, Chain, activations, Embedding, LayerNorm, Dropout."""
+"""Built-in layers: Dense/Affine, Chain, SkipConnection, Parallel, activations, Embedding,
+LayerNorm, Dropout."""
 
 from .activations import (
     GELU,
@@ -15,6 +16,7 @@ from .activations import (
 )
 from .base import Context, layer
 from .chain import Chain
+from .combinators import Parallel, SkipConnection
 from .dense import Affine, Dense
 from .dropout import Dropout
 from .embedding import Embedding
@@ -23,5 +25,6 @@ from .norm import LayerNorm
 __all__ = [
     "GELU", "Activation", "Affine", "Chain", "Context", "Dense", "Dropout", "Embedding",
     "LayerNorm", "ReLU", "Sigmoid",
+    "Parallel", "SkipConnection",
     "Softmax", "Tanh", "gelu", "layer", "relu", "sigmoid", "softmax", "tanh",
 ]
