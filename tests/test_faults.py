@@ -366,6 +366,102 @@ def test_a_file_rewritten_in_place_while_loading_is_refused(tmp_path):
         load(path)
 
 
+def test_loads_while_another_writer_rewrites_the_file_in_place_are_whole_or_refused(tmp_path):
+    """A writer overwrites the file in place (same size, no rename), alternating two saves of
+    one layout, while loads run: every load is one of the two models, or a LoadError."""
+    path = tmp_path / "m.safetensors"
+    models = [layers.Chain(*[layers.Dense(64, 64, seed=10 * k + i) for i in range(8)])
+              for k in range(2)]
+    blobs = []
+    for model in models:
+        save(model, path)
+        blobs.append(path.read_bytes())
+    assert len(blobs[0]) == len(blobs[1])
+    expected = [_values(ms.params(m)) for m in models]
+    stop = threading.Event()
+
+    def rewrite():
+        k = 0
+        with open(path, "r+b") as fh:
+            while not stop.is_set():
+                for at in range(0, len(blobs[k]), 4096):  # page by page, as a copy does
+                    fh.seek(at)
+                    fh.write(blobs[k][at:at + 4096])
+                    fh.flush()
+                k = 1 - k
+
+    writer = threading.Thread(target=rewrite, daemon=True)
+    writer.start()
+    outcomes = {"whole": 0, "refused": 0}
+    try:
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            try:
+                now = _values(ms.params(load(path)))
+            except ms.LoadError:
+                outcomes["refused"] += 1
+                continue
+            assert _same(now, expected[0]) or _same(now, expected[1]), "a mixed model loaded"
+            outcomes["whole"] += 1
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    assert outcomes["refused"] + outcomes["whole"] > 10, outcomes
+
+
+def test_a_save_replacing_the_file_between_header_and_data_is_no_error(tmp_path, monkeypatch):
+    """The header and the data are two reads; a concurrent save may replace the file between
+    them. The load then reads the new file whole instead of failing."""
+    from modelsync.io import api
+
+    path = tmp_path / "m.safetensors"
+    save(mlp(seed=0), path)
+    real_read, replaced = api.read, []
+
+    def read_then_replace(where):
+        raw = real_read(where)
+        if not replaced:
+            replaced.append(True)
+            save(mlp(seed=1), path)  # a new inode, a new header
+        return raw
+
+    monkeypatch.setattr(api, "read", read_then_replace)
+    assert _same(_values(ms.params(load(path))), _values(ms.params(mlp(seed=1))))
+    replaced.clear()
+    assert _same(_values(ms.params(load_into(mlp(), path, check="structure"))),
+                 _values(ms.params(mlp(seed=1))))
+
+
+def test_loads_during_atomic_saves_to_the_same_path_always_succeed(tmp_path):
+    path = tmp_path / "m.safetensors"
+    models = [layers.Chain(*[layers.Dense(32, 32, seed=10 * k + i) for i in range(6)])
+              for k in range(2)]
+    expected = [_values(ms.params(m)) for m in models]
+    save(models[0], path)
+    stop = threading.Event()
+
+    def keep_saving():
+        k = 0
+        while not stop.is_set():
+            k = 1 - k
+            save(models[k], path)
+            time.sleep(0.005)
+
+    saver = threading.Thread(target=keep_saving, daemon=True)
+    saver.start()
+    loads = 0
+    try:
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            now = _values(ms.params(load(path)))
+            assert _same(now, expected[0]) or _same(now, expected[1])
+            loads += 1
+    finally:
+        stop.set()
+        saver.join(timeout=30)
+    assert loads > 5 and temporaries(tmp_path) == []
+
+
 def test_a_file_written_before_checksums_still_loads(tmp_path):
     import safetensors.numpy as stnp
 

@@ -29,7 +29,7 @@ from ..transfers import copy_to
 from ..tree import aliases, graph_id, named_params, require_model, structure
 from .architecture import encode_model
 from .atomic import atomic_write
-from .files import check_path, checksum, load_arrays, read
+from .files import check_path, checksum, load_arrays, read, retrying
 from .modelfile import (
     ALIASES_KEY,
     ARCHITECTURE_KEY,
@@ -101,6 +101,10 @@ def load(path: Any, device: Device | str = "host", *, verify: bool = True) -> An
     against the checksum its save wrote (files written before checksums have none)."""
     target = to_device_spec(device)
     _check_verify(verify)
+    return retrying(lambda: _load(path, target, verify))
+
+
+def _load(path: Any, target: Device, verify: bool) -> Any:
     raw = read(path)
     model_file = read_model_file(raw)
     model = build_model(model_file)
@@ -147,9 +151,14 @@ def load_into(model: Any, source: Any, *, check: str = "graph",
                 "names, shapes and dtypes")
         found = mapping_source(source)
     else:
-        header, read_values = _file_source(model, check_path(source, "source"), check, verify)
-        _match(model, names, header, strict)  # every check the header allows, before reading
-        found = read_values()
+        where = check_path(source, "source")
+
+        def attempt() -> Source:
+            header, read_values = _file_source(model, where, check, verify)
+            _match(model, names, header, strict)  # every check the header allows, first
+            return read_values()
+
+        found = retrying(attempt)
     pairs = _match(model, names, found, strict)
     staged = [array if found.owned and p.device == HOST else
               copy_to(array, p.device, reason="load_into", what="param")
@@ -197,15 +206,7 @@ def load_optimizer(path: Any, optimizer: Any, *, verify: bool = True) -> Any:
     against their checksums."""
     check_optimizer(optimizer)
     _check_verify(verify)
-    raw = read(path)
-    model_file = read_model_file(raw)
-    if model_file.optimizer is None:
-        raise LoadError(f"{raw.path}: the file holds no optimizer state; save it with "
-                        "ms.save(model, path, optimizer=opt)")
-    build_model(model_file)  # the whole header is checked, not just the state's
-    arrays = load_arrays(raw, [name for name in raw.tensors if name not in model_file.params],
-                         checksums=_sums(model_file, verify))
-    state = decode_state(model_file.optimizer, arrays)
+    raw, state = retrying(lambda: _read_state(path, verify))
     try:
         optimizer.load_state_dict(state)
     except (ArgumentError, ArgumentTypeError) as exc:
@@ -216,6 +217,18 @@ def load_optimizer(path: Any, optimizer: Any, *, verify: bool = True) -> Any:
         raise LoadError(f"{raw.path}: the optimizer refused the stored state: "
                         f"{type(exc).__name__}: {exc}") from exc
     return optimizer
+
+
+def _read_state(path: Any, verify: bool) -> tuple[Any, Any]:
+    raw = read(path)
+    model_file = read_model_file(raw)
+    if model_file.optimizer is None:
+        raise LoadError(f"{raw.path}: the file holds no optimizer state; save it with "
+                        "ms.save(model, path, optimizer=opt)")
+    build_model(model_file)  # the whole header is checked, not just the state's
+    arrays = load_arrays(raw, [name for name in raw.tensors if name not in model_file.params],
+                         checksums=_sums(model_file, verify))
+    return raw, decode_state(model_file.optimizer, arrays)
 
 
 def read_metadata(path: Any) -> dict[str, str]:

@@ -15,14 +15,16 @@ import math
 import os
 import sys
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import attrs
 import numpy as np
 
 from ..errors import ArgumentError, ArgumentTypeError, LoadError
+
+T = TypeVar("T")
 
 #: The largest header we will read: bigger ones are corrupt or hostile, not models.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -64,6 +66,17 @@ class RawFile:
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
     header: bytes
+    stamp: tuple[int, ...] = ()  # (device, inode, size, mtime, ctime) when the header was read
+
+
+class FileChanged(LoadError):
+    """The file is not the one whose header was read (replaced by a concurrent save, or
+    written to while it was read): reading it again from the header may succeed."""
+
+
+def _stamp(fh: BinaryIO) -> tuple[int, ...]:
+    st = os.fstat(fh.fileno())
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def check_path(path: Any, argument: str = "path") -> Path:
@@ -86,10 +99,11 @@ def read(path: Any, *, header_only: bool = True) -> RawFile:
     LoadError for a missing, unreadable or malformed file."""
     where = check_path(path)
     with _opened(where) as fh:
+        stamp = _stamp(fh)
         size, header_bytes, header = _read_header(fh, where)
         data_len = size - HEADER_LENGTH_BYTES - len(header_bytes)
         tensors, metadata = _check_header(header, data_len, where)
-    return RawFile(str(where), size, tensors, metadata, header_bytes)
+    return RawFile(str(where), size, tensors, metadata, header_bytes, stamp)
 
 
 @contextlib.contextmanager
@@ -247,9 +261,11 @@ def load_arrays(raw: RawFile, names: list[str] | None = None, *,
     check_fits(wanted, where)
     out: dict[str, np.ndarray] = {}
     with _opened(Path(where)) as fh:
+        if _stamp(fh) != raw.stamp:
+            raise FileChanged(f"{where}: the file changed since its header was read")
         size, header_bytes, _ = _read_header(fh, Path(where))
         if size != raw.size or header_bytes != raw.header:
-            raise LoadError(f"{where}: the file changed while it was being read")
+            raise FileChanged(f"{where}: the file changed while it was being read")
         start = HEADER_LENGTH_BYTES + len(header_bytes)
         for info in sorted(wanted, key=lambda t: t.begin):
             array = _allocate(info, where)
@@ -257,18 +273,32 @@ def load_arrays(raw: RawFile, names: list[str] | None = None, *,
             fh.seek(start + info.begin)
             got = fh.readinto(view) if array.nbytes else 0
             if got != info.nbytes:
-                raise LoadError(f"{where}: the file changed while it was being read (tensor "
-                                f"{info.name!r} ended after {got} of {info.nbytes} bytes)")
+                raise FileChanged(f"{where}: the file changed while it was being read (tensor "
+                                  f"{info.name!r} ended after {got} of {info.nbytes} bytes)")
             expected = None if checksums is None else checksums.get(info.name)
             if expected is not None and f"{zlib.crc32(view):08x}" != expected:
                 raise LoadError(
                     f"{where}: tensor {info.name!r} does not match its checksum: the file was "
                     "changed or corrupted after it was written (or is being rewritten now)")
             out[info.name] = array if _LITTLE else array.astype(array.dtype.newbyteorder("="))
+        if _stamp(fh) != raw.stamp:
+            raise FileChanged(f"{where}: the file was written to while it was being read")
     return {info.name: out[info.name] for info in wanted}
 
 
 _LITTLE = sys.byteorder == "little"
+
+
+def retrying(attempt: Callable[[], T], tries: int = 3) -> T:
+    """``attempt()`` again from the header, up to ``tries`` times, while the file changes
+    under it (a concurrent save replacing it is no error: the next attempt reads the new
+    file whole); the last attempt's FileChanged propagates."""
+    for _ in range(tries - 1):
+        try:
+            return attempt()
+        except FileChanged:
+            continue
+    return attempt()
 
 
 def checksum(array: np.ndarray) -> str:
