@@ -16,7 +16,7 @@ import numpy as np
 from . import coherence, flat, interrupts
 from .blend import Blend
 from .checks import match_check, soft_tau
-from .devices import HOST, Device, device_of, dtype_name
+from .devices import HOST, Device, device_of, dtype_name, on_array_device
 from .errors import ArgumentError, GraphMismatchError
 from .identity import IdentityMap
 from .params import Param
@@ -56,7 +56,8 @@ def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
             d.writable(overwrite=tau == 1.0)  # wrap mode: this side becomes the newest
     blend = Blend(tau) if tau != 1.0 else None
     for _, storage, values in staged:
-        _write(storage, values, blend)
+        with on_array_device(storage):  # (CuPy writes on the current GPU: make it dst's)
+            _write(storage, values, blend)
     return dst
 
 
