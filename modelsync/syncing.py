@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import coherence, flat
+from . import coherence, flat, interrupts
 from .blend import Blend
 from .checks import match_check, soft_tau
 from .devices import HOST, Device, device_of, dtype_name, on_array_device
@@ -31,6 +31,7 @@ from .xp import concat_flat, concat_into
 SCATTER_BELOW = 4096
 
 
+@interrupts.holding
 def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
     """Copy ``src``'s parameter values into ``dst`` in place, across devices; with ``tau < 1``
     a soft update ``dst = tau*src + (1-tau)*dst``. Validates everything before writing, so a
