@@ -18,13 +18,15 @@ from typing import Any
 import numpy as np
 
 from . import coherence, flat
-from .devices import HOST, Device, device, is_array
+from .buffers import Buffer, made_like
+from .devices import HOST, Device, device, device_of, is_array
 from .errors import ArgumentError, CoherenceError
 from .params import Param
 from .rebuild import rebuild
 from .syncing import sync as sync  # (re-exported: `from .convert import sync` still works)
 from .transfers import copy_to, to_device_array
 from .tree import (
+    buffers,
     cache_of,
     is_layer,
     mark_moved,
@@ -111,7 +113,31 @@ def _flat_twins(model: Any, target: Device, reason: str) -> dict[int, Param]:
         buffer = flat.copy_flat(group, target, reason=reason, read=_value, source=on)
         made = flat.params_on(buffer, group, sizes=sizes, shapes=shapes)
         twins.update(zip(map(id, group), made, strict=True))
+    for group, buffer in _copied_buffers(model, target, reason, _value):
+        views = _views(buffer, group)
+        twins.update((id(b), made_like(view, b)) for b, view in zip(group, views, strict=True))
     return twins
+
+
+def _copied_buffers(model: Any, target: Device, reason: str, read: Any
+                    ) -> list[tuple[list[Buffer], Any]]:
+    """``model``'s Buffers grouped by dtype, each group copied to ``target`` as one new 1-D
+    array (one counted transfer per dtype, as for Params)."""
+    found = buffers(model)
+    if not found:
+        return []
+    return [(group, flat.copy_flat(group, target, reason=reason, read=read))
+            for group in flat.group_by_dtype(found).values()]
+
+
+def _views(buffer: Any, group: list[Buffer]) -> list[Any]:
+    """Each Buffer's slice of the 1-D ``buffer``, in its shape (a counter's is 0-d)."""
+    xp = device_of(buffer).xp
+    views, offset = [], 0
+    for size, b in zip(flat.sizes_of(group), group, strict=True):
+        views.append(xp.reshape(buffer[offset:offset + size], b.shape))
+        offset += size
+    return views
 
 
 Layout = list[tuple[list[Param], "Device | None", list[int], list[tuple[int, ...]]]]
@@ -153,9 +179,14 @@ def _move(model: Any, target: Device) -> Any:
         grads = [None if p.grad is None else copy_to(p.grad, target, reason=reason, what="grad")
                  for p in group]
         staged.append((group, buffer, grads))
+    kept = [(group, buffer) for group, buffer in _copied_buffers(
+        model, target, reason, lambda b: b.storage()) if any(b.device != target for b in group)]
     moved = rebuild(model, lambda p: p)  # (before any Param changes: it may still fail)
     for group, buffer, grads in staged:
         flat.adopt(group, buffer, grads)
+    for group, buffer in kept:
+        for b, view in zip(group, _views(buffer, group), strict=True):
+            b.rehome(view)
     mark_moved(model, str(target))
     return moved
 

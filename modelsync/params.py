@@ -36,10 +36,7 @@ class Param:
         elif isinstance(value, np.ndarray) and not value.flags.writeable:
             value = value.copy()  # a Param is written in place: it must own writable storage
             owned = True
-        if not _is_floating(value):
-            raise ArgumentTypeError(
-                f"Param value has dtype {dtype_name(value.dtype)}; expected a floating dtype "
-                "(float16, float32 or float64)")
+        self.check_dtype(value, name)
         self._data = value
         self._grad: Any = None
         self._device: Device = device_of(value)
@@ -53,6 +50,14 @@ class Param:
         self.name = name
         #: Identity of the Param this one was made as: kept by copies, moves and save/load.
         self.origin: str = uuid.uuid4().hex
+
+    def check_dtype(self, value: Any, name: str | None) -> None:
+        """ArgumentTypeError unless ``value``'s dtype is one this kind of array may hold (a
+        Param: floating; a Buffer, `modelsync.buffers`, also counters)."""
+        if not _is_floating(value):
+            raise ArgumentTypeError(
+                f"Param value has dtype {dtype_name(value.dtype)}; expected a floating dtype "
+                "(float16, float32 or float64)")
 
     # -- reading -----------------------------------------------------------------------
     @property
@@ -206,8 +211,10 @@ class Param:
         """``copy.deepcopy`` (of a model, e.g. a target network): a Param with its own copy of
         the current values and gradient, in no flat store and linked to nothing."""
         data = self.value
-        twin = Param.in_store(data.copy() if hasattr(data, "copy") else self._device.xp.asarray(
-            data, copy=True), self._device, name=self.name, origin=self.origin, store=None)
+        xp = self._device.xp
+        copied = data.copy() if hasattr(data, "copy") else xp.asarray(data, copy=True)
+        twin = type(self).in_store(copied, self._device, name=self.name, origin=self.origin,
+                                   store=None)
         if self._grad is not None:
             grad = self._grad
             twin._grad = grad.copy() if hasattr(grad, "copy") else self._device.xp.asarray(

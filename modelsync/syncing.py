@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import coherence, flat
+from . import coherence, flat, syncing_buffers
 from .blend import Blend
 from .checks import match_check, soft_tau
 from .devices import HOST, Device, device_of, dtype_name
@@ -31,16 +31,22 @@ from .xp import concat_flat, concat_into
 SCATTER_BELOW = 4096
 
 
-def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
+def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0,
+         buffers: str = "copy") -> Any:
     """Copy ``src``'s parameter values into ``dst`` in place, across devices; with ``tau < 1``
-    a soft update ``dst = tau*src + (1-tau)*dst``. Validates everything before writing, so a
-    mismatch raises GraphMismatchError and leaves ``dst`` unchanged. Returns ``dst``."""
+    a soft update ``dst = tau*src + (1-tau)*dst``. Buffers follow ``buffers``: ``"copy"``
+    (src's running statistics and counters copied), ``"lerp"`` (floating Buffers blended
+    like Params, counters copied) or ``"keep"`` (dst's kept); see syncing_buffers.py.
+    Validates everything before writing, so a mismatch raises GraphMismatchError and leaves
+    ``dst`` unchanged. Returns ``dst``."""
     match_check(check)
     tau = soft_tau(tau)
+    rule = syncing_buffers.check_rule(buffers)
     require_model(dst, "dst")
     require_model(src, "src")
     if dst is src:
         raise ArgumentError("sync: dst and src are the same model; there is nothing to copy")
+    buffer_pairs = syncing_buffers.matched(dst, src)
     groups, ties, aliased = _sync_plan(dst, src, check)
     for first, path, kept, other in ties:
         if not _equal(kept, other):
@@ -49,13 +55,16 @@ def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
                 "different values there; untie dst or sync from a model with the same ties")
     # Stage every value on dst's device first: a failed transfer leaves dst unchanged.
     staged = [staging for group in groups for staging in _stage(group, aliased, tau != 1.0)]
+    staged_buffers = syncing_buffers.stage(buffer_pairs, rule, tau != 1.0)
     # Then every wrap-mode pull (a soft update reads dst) before the first write.
     for targets, _, _ in staged:
         for d in targets:  # (none where no dst member is linked)
             d.writable(overwrite=tau == 1.0)  # wrap mode: this side becomes the newest
+    buffer_storages = syncing_buffers.open_for_write(staged_buffers)
     blend = Blend(tau) if tau != 1.0 else None
     for _, storage, values in staged:
         _write(storage, values, blend)
+    syncing_buffers.write(staged_buffers, buffer_storages, tau)
     return dst
 
 

@@ -1,4 +1,5 @@
-"""Built-in layers: Dense/Affine, Chain, activations, Embedding, LayerNorm, Dropout."""
+"""Built-in layers: Dense/Affine, Chain, activations, Embedding, LayerNorm, BatchNorm,
+Dropout."""
 
 from .activations import (
     GELU,
@@ -14,6 +15,7 @@ from .activations import (
     tanh,
 )
 from .base import Context, layer
+from .batchnorm import BatchNorm
 from .chain import Chain
 from .dense import Affine, Dense
 from .dropout import Dropout
@@ -25,3 +27,4 @@ __all__ = [
     "LayerNorm", "ReLU", "Sigmoid",
     "Softmax", "Tanh", "gelu", "layer", "relu", "sigmoid", "softmax", "tanh",
 ]
+__all__ += ["BatchNorm"]

@@ -1,0 +1,274 @@
+"""Buffers (state that is not trained) and the rule each operation follows for them
+(SPEC "State that is not trained (buffers)"), on host and sim:1 (and cuda:0 with a GPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import to_numpy
+
+import modelsync as ms
+from modelsync import layers, optim
+from modelsync.tree import structure
+
+
+def net(seed: int = 0) -> layers.Chain:
+    return layers.Chain(layers.Dense(4, 3, seed=seed), layers.BatchNorm(3), layers.ReLU(),
+                        layers.Dense(3, 2, seed=seed + 1))
+
+
+def batch(rng, n: int = 8):
+    return (rng.normal(size=(n, 4)).astype(np.float32) * 2 + 1,
+            rng.integers(0, 2, size=n))
+
+
+def train_steps(model, rng, dev, steps: int = 2) -> None:
+    opt = optim.SGD(ms.params(model), lr=0.1)
+    for _ in range(steps):
+        x, y = batch(rng)
+        opt.zero_grad()
+        ms.backprop(model, ms.losses.cross_entropy, ms.to_device(x, dev), ms.to_device(y, dev))
+        opt.step()
+
+
+def host_buffers(model) -> dict[str, np.ndarray]:
+    return {k: to_numpy(b.value) for k, b in ms.named_buffers(model).items()}
+
+
+# -- the core ---------------------------------------------------------------------------------
+def test_buffers_are_listed_apart_from_params_and_no_optimizer_sees_them():
+    model = net()
+    assert list(ms.named_buffers(model)) == [
+        "layers.1.running_mean", "layers.1.running_var", "layers.1.num_batches_tracked"]
+    assert all(isinstance(b, ms.Buffer) for b in ms.buffers(model))
+    assert not any(isinstance(p, ms.Buffer) for p in ms.params(model))
+    assert "layers.1.weight" in ms.named_params(model)
+    assert ms.named_buffers(model)["layers.1.num_batches_tracked"].dtype == np.int64
+    assert ms.named_buffers(model)["layers.1.num_batches_tracked"].is_counter
+
+
+def test_a_training_step_updates_the_buffers_and_the_optimizer_leaves_them(rng):
+    model = net()
+    before = host_buffers(model)
+    train_steps(model, rng, "host", steps=3)
+    after = host_buffers(model)
+    assert int(after["layers.1.num_batches_tracked"]) == 3
+    assert not np.array_equal(before["layers.1.running_mean"], after["layers.1.running_mean"])
+    with pytest.raises(ms.ArgumentTypeError, match="not trained"):
+        ms.buffers(model)[0].accumulate_grad(np.zeros(3, np.float32))
+    assert ms.buffers(model)[0].grad is None
+
+
+def test_buffer_field_refuses_a_param_and_param_field_refuses_a_buffer():
+    bn = layers.BatchNorm(3)
+    with pytest.raises(ms.ArgumentTypeError, match="running_mean"):
+        bn.running_mean = ms.Param(np.zeros(3, np.float32))
+    with pytest.raises(ms.ArgumentTypeError, match="weight"):
+        bn.weight = ms.Buffer(np.ones(3, np.float32))
+
+
+@pytest.mark.parametrize("value, error, words", [
+    (np.zeros(4, np.float32), ms.ArgumentError, "shape \\(4,\\)"),
+    (np.zeros(3, np.float64), ms.ArgumentError, "dtype float64"),
+    ("zeros", ms.ArgumentTypeError, "str"),
+])
+def test_assigning_a_wrong_array_to_a_buffer_names_the_path_and_changes_nothing(
+        value, error, words):
+    bn = layers.BatchNorm(3)
+    with pytest.raises(error, match=words) as info:
+        bn.running_mean = value
+    assert "BatchNorm.running_mean" in str(info.value)
+    assert np.array_equal(bn.running_mean.value, np.zeros(3))
+
+
+def test_a_counter_given_floats_is_refused_naming_it():
+    bn = layers.BatchNorm(3)
+    with pytest.raises(ms.ArgumentTypeError, match="num_batches_tracked.*counter.*float64"):
+        bn.num_batches_tracked = np.asarray(2.0)
+    bn.num_batches_tracked = np.asarray(5, dtype=np.int64)  # in place, same Buffer
+    assert int(bn.num_batches_tracked.value) == 5
+
+
+def test_a_buffer_on_another_device_is_refused():
+    bn = ms.to_device(layers.BatchNorm(3), "sim:1")
+    with pytest.raises(ms.DeviceMismatchError, match="running_var.*host.*sim:1"):
+        bn.running_var = np.ones(3, np.float32)
+
+
+def test_a_buffer_assigned_in_place_keeps_its_identity():
+    bn = layers.BatchNorm(3)
+    held = bn.running_var
+    bn.running_var = np.full(3, 2.0, np.float32)
+    assert bn.running_var is held and np.all(held.value == 2.0)
+
+
+# -- conversions --------------------------------------------------------------------------------
+def test_copy_copies_buffers_exactly_and_independently(dev, rng):
+    model = net()
+    train_steps(model, rng, "host")
+    copy = ms.to_device(model, dev)
+    assert {k: b.device for k, b in ms.named_buffers(copy).items()} == {
+        k: dev for k in ms.named_buffers(model)}
+    got = host_buffers(copy)
+    for k, v in host_buffers(model).items():
+        assert np.array_equal(got[k], v) and got[k].dtype == v.dtype
+    train_steps(copy, rng, dev)
+    assert int(host_buffers(model)["layers.1.num_batches_tracked"]) == 2
+    assert int(host_buffers(copy)["layers.1.num_batches_tracked"]) == 4
+    assert ms.graph_id(copy) == ms.graph_id(model)
+
+
+def test_copy_of_buffers_is_one_transfer_per_dtype(dev):
+    model = layers.Chain(layers.BatchNorm(3), layers.BatchNorm(5))
+    with ms.track_transfers() as t:
+        ms.to_device(model, dev)
+    # float32 Params, float32 Buffers, int64 counters: one transfer each (none on the host)
+    assert t.count == (0 if dev.kind == "host" else 3)
+    assert t.bytes == (0 if dev.kind == "host" else 4 * 16 + 4 * 16 + 8 * 2)
+
+
+def test_move_takes_the_buffers_along(dev, rng):
+    model = net()
+    train_steps(model, rng, "host")
+    held = ms.buffers(model)
+    values = host_buffers(model)
+    moved = ms.to_device(model, dev, mode="move")
+    assert ms.buffers(moved) == held  # the same Buffer objects, re-homed
+    assert all(b.device == dev for b in held)
+    for k, v in host_buffers(moved).items():
+        assert np.array_equal(v, values[k])
+    with pytest.raises(ms.MovedError):
+        ms.named_buffers(model)
+
+
+def test_to_host_and_detach_treat_buffers_as_params(dev, rng):
+    model = ms.to_device(net(), dev)
+    train_steps(model, rng, dev)
+    back = ms.to_host(model)
+    assert all(b.device == ms.device("host") for b in ms.buffers(back))
+    assert host_buffers(back) .keys() == host_buffers(model).keys()
+    for k, v in host_buffers(model).items():
+        assert np.array_equal(host_buffers(back)[k], v)
+
+
+def test_a_wrapper_trains_its_buffers_moving_nothing_and_the_original_reads_them(dev, rng):
+    original = net()
+    wrapper = ms.to_device(original, dev, mode="wrap")
+    opt = optim.SGD(ms.params(wrapper), lr=0.1)
+    data = [tuple(ms.to_device(a, dev) for a in batch(rng)) for _ in range(3)]
+    with ms.track_transfers() as t:
+        for x, y in data:
+            opt.zero_grad()
+            ms.backprop(wrapper, ms.losses.cross_entropy, x, y)
+            opt.step()
+    assert t.bytes == 0
+    want = host_buffers(wrapper)
+    assert int(want["layers.1.num_batches_tracked"]) == 3
+    with ms.track_transfers() as t:
+        got = {k: np.array(b.value) for k, b in ms.named_buffers(original).items()}
+        again = {k: np.array(b.value) for k, b in ms.named_buffers(original).items()}
+    for k in want:
+        assert np.array_equal(got[k], want[k]) and np.array_equal(again[k], want[k])
+    if dev.kind != "host":
+        assert t.count == 3  # each buffer pulled once, lazily
+    with pytest.raises(ValueError, match="read-only"):
+        ms.buffers(original)[0].value[...] = 0
+    ms.detach(wrapper)
+    assert np.array_equal(to_numpy(ms.buffers(original)[0].value), want["layers.1.running_mean"])
+    ms.buffers(original)[0].value[...] = 0  # writable again
+
+
+def test_to_host_of_a_wrapper_brings_the_buffers_back(dev, rng):
+    original = net()
+    wrapper = ms.to_device(original, dev, mode="wrap")
+    train_steps(wrapper, rng, dev)
+    assert ms.to_host(wrapper) is original
+    assert int(ms.named_buffers(original)["layers.1.num_batches_tracked"].value) == 2
+
+
+# -- sync ---------------------------------------------------------------------------------------
+def pair(dev, rng):
+    src = net()
+    train_steps(src, rng, "host", steps=3)
+    dst = ms.to_device(src, dev)
+    train_steps(dst, rng, dev, steps=1)
+    return dst, src
+
+
+def test_hard_sync_copies_buffers_with_the_params(dev, rng):
+    dst, src = pair(dev, rng)
+    ms.sync(dst, src)
+    for k, v in host_buffers(src).items():
+        assert np.array_equal(host_buffers(dst)[k], v)
+
+
+def test_soft_sync_copies_statistics_by_default(dev, rng):
+    dst, src = pair(dev, rng)
+    w_before = to_numpy(ms.params(dst)[0].value)
+    ms.sync(dst, src, tau=0.5)
+    for k, v in host_buffers(src).items():
+        assert np.array_equal(host_buffers(dst)[k], v)
+    w = 0.5 * to_numpy(ms.params(src)[0].value) + 0.5 * w_before
+    np.testing.assert_allclose(to_numpy(ms.params(dst)[0].value), w, rtol=1e-6)
+
+
+def test_soft_sync_lerp_blends_floating_buffers_and_copies_counters(dev, rng):
+    dst, src = pair(dev, rng)
+    before = host_buffers(dst)
+    ms.sync(dst, src, tau=0.25, buffers="lerp")
+    got, theirs = host_buffers(dst), host_buffers(src)
+    for k in ("layers.1.running_mean", "layers.1.running_var"):
+        np.testing.assert_allclose(got[k], 0.25 * theirs[k] + 0.75 * before[k], rtol=1e-6)
+    assert int(got["layers.1.num_batches_tracked"]) == 3
+
+
+def test_soft_sync_keep_leaves_the_buffers(dev, rng):
+    dst, src = pair(dev, rng)
+    before = host_buffers(dst)
+    ms.sync(dst, src, tau=0.5, buffers="keep")
+    for k, v in before.items():
+        assert np.array_equal(host_buffers(dst)[k], v)
+
+
+def test_sync_buffers_rule_is_checked_naming_it(rng):
+    dst, src = pair("host", rng)
+    before = host_buffers(dst)
+    with pytest.raises(ms.ArgumentError, match="buffers='average'"):
+        ms.sync(dst, src, tau=0.5, buffers="average")
+    assert host_buffers(dst)["layers.1.running_mean"].tolist() == before[
+        "layers.1.running_mean"].tolist()
+
+
+def test_sync_into_a_wrapper_hands_the_buffers_over(dev, rng):
+    original = net()
+    wrapper = ms.to_device(original, dev, mode="wrap")
+    src = net(seed=5)
+    train_steps(src, rng, "host", steps=4)
+    ms.sync(original, src, check="structure")
+    assert int(ms.named_buffers(wrapper)["layers.1.num_batches_tracked"].value) == 4
+    ms.detach(wrapper)
+
+
+@pytest.mark.parametrize("other, words", [
+    (lambda: layers.Chain(layers.Dense(4, 3), layers.BatchNorm(3, track_running_stats=False),
+                          layers.ReLU(), layers.Dense(3, 2)),
+     "layers.1.running_mean: only dst has this buffer"),
+    (lambda: layers.Chain(layers.Dense(4, 3), layers.BatchNorm(3, dtype="float64"),
+                          layers.ReLU(), layers.Dense(3, 2)),
+     "layers.1.running_mean: dst buffer \\(3,\\) float32 vs src buffer \\(3,\\) float64"),
+])
+def test_sync_with_a_missing_or_different_buffer_is_a_named_mismatch(other, words, rng):
+    dst = net()
+    before = {k: np.array(p.value) for k, p in ms.named_params(dst).items()}
+    with pytest.raises(ms.GraphMismatchError, match=words):
+        ms.sync(dst, other(), check="structure")
+    for k, v in before.items():
+        assert np.array_equal(ms.named_params(dst)[k].value, v)
+
+
+def test_buffers_are_part_of_the_structure_and_the_graph_id():
+    assert ("layers.1.num_batches_tracked", (), "int64") in structure(net())
+    a = layers.BatchNorm(3)
+    b = layers.BatchNorm(3, track_running_stats=False)
+    assert ms.graph_id(a) != ms.graph_id(b)
+    assert ms.graph_id(ms.to_device(a, "sim:1")) == ms.graph_id(a)
