@@ -272,3 +272,194 @@ def test_buffers_are_part_of_the_structure_and_the_graph_id():
     b = layers.BatchNorm(3, track_running_stats=False)
     assert ms.graph_id(a) != ms.graph_id(b)
     assert ms.graph_id(ms.to_device(a, "sim:1")) == ms.graph_id(a)
+
+
+# -- save, load, inspect ------------------------------------------------------------------------
+def test_save_and_load_restore_buffers_exactly(dev, rng, tmp_path):
+    model = ms.to_device(net(), dev)
+    train_steps(model, rng, dev, steps=3)
+    path = tmp_path / "m.safetensors"
+    ms.save(model, path)
+    back = ms.load(path, device=dev)
+    assert ms.graph_id(back) == ms.graph_id(model)
+    assert all(b.device == dev for b in ms.buffers(back))
+    want = host_buffers(model)
+    for k, v in host_buffers(back).items():
+        assert np.array_equal(v, want[k]) and v.dtype == want[k].dtype
+    x = ms.to_device(batch(rng)[0], dev)
+    assert np.array_equal(to_numpy(back(x)), to_numpy(model(x)))  # evaluation reads them
+
+
+def test_the_file_opens_as_ordinary_tensors_with_the_buffers(tmp_path):
+    from safetensors.numpy import load_file
+
+    path = tmp_path / "m.safetensors"
+    ms.save(net(), path)
+    tensors = load_file(str(path))
+    assert tensors["layers.1.num_batches_tracked"].dtype == np.int64
+    assert tensors["layers.1.running_var"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_inspect_lists_buffers_apart_from_params(tmp_path):
+    from modelsync.inspect_file import inspect_text
+
+    path = tmp_path / "m.safetensors"
+    ms.save(net(), path)
+    text = inspect_text(path)
+    params, buffers = text.split("buffers (not trained):")
+    assert "layers.1.weight" in params and "running_mean" not in params.split("params:")[1]
+    assert "layers.1.num_batches_tracked  ()     int64" in buffers
+    assert "total: 3 buffers" in buffers
+
+
+def test_a_model_saved_without_batchnorm_has_no_buffer_table(tmp_path):
+    from modelsync.io.files import read
+
+    path = tmp_path / "m.safetensors"
+    ms.save(layers.Dense(2, 2), path)
+    assert "modelsync.buffers" not in read(path, header_only=True).metadata
+
+
+def _rewrite(path, change):
+    """Rewrite the file at ``path`` with ``change(tensors, metadata)`` applied."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(path), "np") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    table = json.loads(meta["modelsync.buffers"])
+    change(tensors, table)
+    meta["modelsync.buffers"] = json.dumps(table)
+    save_file(tensors, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda t, table: t.pop("layers.1.running_var"),
+     "Buffer 'layers.1.running_var' of the architecture has no tensor"),
+    (lambda t, table: t.update(extra=np.zeros(2, np.float32)),
+     "tensor 'extra' is neither a Param nor a Buffer"),
+    (lambda t, table: t.update({"layers.1.running_mean": np.zeros(4, np.float32)}),
+     "Buffer tensor 'layers.1.running_mean' is \\(4,\\)"),
+    (lambda t, table: (t.update({"layers.1.running_mean": np.zeros(4, np.float32)}),
+                       table["layers.1.running_mean"].update(shape=[4])),
+     "Buffer 'running_mean' is \\(4,\\) float32 but the layer's configuration needs \\(3,\\)"),
+    (lambda t, table: (t.pop("layers.1.num_batches_tracked"),
+                       table.pop("layers.1.num_batches_tracked")),
+     "refers to Buffer 'layers.1.num_batches_tracked', which the file does not list"),
+])
+def test_a_file_whose_buffers_are_missing_extra_or_misshaped_is_a_named_load_error(
+        change, words, tmp_path):
+    path = tmp_path / "m.safetensors"
+    ms.save(net(), path)
+    _rewrite(path, change)
+    with pytest.raises(ms.LoadError, match=words):
+        ms.load(path)
+
+
+# -- load_into and state_dict -------------------------------------------------------------------
+def test_load_into_from_a_file_restores_buffers_all_or_nothing(dev, rng, tmp_path):
+    src = net()
+    train_steps(src, rng, "host", steps=2)
+    path = tmp_path / "m.safetensors"
+    ms.save(src, path)
+    dst = ms.to_device(src, dev)
+    train_steps(dst, rng, dev, steps=3)
+    ms.load_into(dst, path)
+    for k, v in host_buffers(src).items():
+        assert np.array_equal(host_buffers(dst)[k], v)
+    state = ms.state_dict(src)
+    state["layers.1.running_var"] = np.zeros(5, np.float32)
+    before = host_buffers(dst)
+    with pytest.raises(ms.GraphMismatchError, match="layers.1.running_var"):
+        ms.load_into(dst, state, check="structure")
+    for k, v in before.items():
+        assert np.array_equal(host_buffers(dst)[k], v)
+
+
+def test_state_dict_holds_buffers_by_torch_names_both_ways_with_a_sequential(rng):
+    import torch
+
+    theirs = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3),
+                                 torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    for _ in range(3):
+        theirs(torch.tensor(rng.normal(size=(8, 4)), dtype=torch.float32))
+    ours = net()
+    names = ms.interop.torch_sequential_names(ours)
+    assert names["layers.1.num_batches_tracked"] == "1.num_batches_tracked"
+    ms.load_into(ours, theirs.state_dict(), check="structure", names=names)
+    assert int(ours.layers[1].num_batches_tracked.value) == 3
+    sd = ms.state_dict(ours, names=names)
+    assert set(sd) == set(theirs.state_dict())
+    again = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3),
+                                torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    again.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    theirs.eval()
+    again.eval()
+    x = torch.tensor(rng.normal(size=(5, 4)), dtype=torch.float32)
+    assert torch.equal(again(x), theirs(x))
+    np.testing.assert_allclose(ours(x.numpy()), theirs(x).detach().numpy(), atol=1e-5)
+
+
+def test_load_into_with_check_graph_names_a_missing_buffer(tmp_path):
+    other = layers.Chain(layers.Dense(4, 3), layers.BatchNorm(3, track_running_stats=False),
+                         layers.ReLU(), layers.Dense(3, 2))
+    path = tmp_path / "m.safetensors"
+    ms.save(other, path)
+    with pytest.raises(ms.GraphMismatchError, match="layers.1.running_mean: only the model"):
+        ms.load_into(net(), path)
+
+
+# -- update_bn ----------------------------------------------------------------------------------
+def test_update_bn_recomputes_running_stats_as_torch_swa_utils_does(dev, rng):
+    import torch
+    from torch.optim.swa_utils import update_bn as torch_update_bn
+
+    theirs = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3, momentum=0.3),
+                                 torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    ours = net()
+    ours.layers[1].momentum = 0.3
+    names = ms.interop.torch_sequential_names(ours)
+    ms.load_into(ours, theirs.state_dict(), check="structure", names=names)
+    ours = ms.to_device(ours, dev)
+    data = [rng.normal(size=(8, 4)).astype(np.float32) * 3 for _ in range(4)]
+    torch_update_bn([torch.from_numpy(x) for x in data], theirs)
+    before = {k: to_numpy(p.value) for k, p in ms.named_params(ours).items()}
+    assert ms.update_bn(ours, [(ms.to_device(x, dev), None) for x in data]) is ours
+    bn = ours.layers[1]
+    np.testing.assert_allclose(to_numpy(bn.running_mean.value),
+                               theirs[1].running_mean.numpy(), atol=1e-5)
+    np.testing.assert_allclose(to_numpy(bn.running_var.value),
+                               theirs[1].running_var.numpy(), atol=1e-4)
+    assert int(to_numpy(bn.num_batches_tracked.value)) == 4
+    assert bn.momentum == 0.3  # restored
+    for k, p in ms.named_params(ours).items():
+        assert np.array_equal(to_numpy(p.value), before[k])
+
+
+def test_update_bn_forgets_the_old_statistics(rng):
+    model = net()
+    train_steps(model, rng, "host", steps=5)
+    x = rng.normal(size=(16, 4)).astype(np.float32)
+    ms.update_bn(model, [x])
+    h = model.layers[0](x)
+    np.testing.assert_allclose(model.layers[1].running_mean.value, h.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(model.layers[1].running_var.value, h.var(axis=0, ddof=1),
+                               rtol=1e-5)
+
+
+def test_update_bn_without_batchnorm_is_an_argument_error():
+    with pytest.raises(ms.ArgumentError, match="no BatchNorm"):
+        ms.update_bn(layers.Chain(layers.Dense(2, 2)), [np.zeros((2, 2), np.float32)])
+    with pytest.raises(ms.ArgumentError, match="no BatchNorm"):
+        ms.update_bn(layers.BatchNorm(2, track_running_stats=False),
+                     [np.zeros((2, 2), np.float32)])
+
+
+def test_update_bn_restores_momentum_when_a_batch_fails(rng):
+    model = net()
+    with pytest.raises(ms.ArgumentError):
+        ms.update_bn(model, [np.zeros((3, 5), np.float32)])
+    assert model.layers[1].momentum == 0.1

@@ -25,13 +25,14 @@ from ..errors import (
     SaveError,
 )
 from ..transfers import copy_to
-from ..tree import aliases, graph_id, named_params, require_model, structure
+from ..tree import aliases, graph_id, named_buffers, named_params, require_model, structure
 from .architecture import encode_model
 from .atomic import atomic_write
 from .files import check_path, load_arrays, read
 from .modelfile import (
     ALIASES_KEY,
     ARCHITECTURE_KEY,
+    BUFFERS_KEY,
     FORMAT_KEY,
     FORMAT_VERSION,
     GRAPH_KEY,
@@ -71,7 +72,17 @@ def save(model: Any, path: Any, *, optimizer: Any = None,
         tensors[name] = np.require(value, requirements="C")  # (ascontiguousarray makes 0-d 1-d)
         table[name] = {"shape": list(param.shape), "dtype": dtype_name(param.dtype),
                        "origin": param.origin, "name": param.name}
-    architecture = encode_model(model, {id(p): name for name, p in named.items()})
+    buffers = named_buffers(model)
+    buffer_table: dict[str, dict[str, Any]] = {}
+    for name, buffer in buffers.items():  # (named by path too: one namespace of tensors)
+        value = buffer.value
+        if device_of(value) != HOST:
+            value = copy_to(value, HOST, reason="save", what="param")
+        tensors[name] = np.require(value, requirements="C")
+        buffer_table[name] = {"shape": list(buffer.shape), "dtype": dtype_name(buffer.dtype),
+                              "origin": buffer.origin, "name": buffer.name}
+    architecture = encode_model(model, {id(p): name for name, p in
+                                        [*named.items(), *buffers.items()]})
     meta = {
         FORMAT_KEY: FORMAT_VERSION,
         ARCHITECTURE_KEY: _dumps(architecture),
@@ -79,6 +90,8 @@ def save(model: Any, path: Any, *, optimizer: Any = None,
         ALIASES_KEY: _dumps(aliases(model)),
         GRAPH_KEY: graph_id(model),
     }
+    if buffer_table:
+        meta[BUFFERS_KEY] = _dumps(buffer_table)
     if optimizer is not None:
         state, state_tensors = encode_state(optimizer.state_dict())
         tensors.update(state_tensors)
@@ -94,10 +107,10 @@ def load(path: Any, device: Device | str = "host") -> Any:
     target = to_device_spec(device)
     raw = read(path)
     model_file = read_model_file(raw)
-    arrays = load_arrays(raw, list(model_file.params))
+    arrays = load_arrays(raw, [*model_file.params, *model_file.buffers])
     model = build_model(model_file, arrays)
     if target != HOST:
-        params = list(named_params(model).values())
+        params = [*named_params(model).values(), *named_buffers(model).values()]
         staged = [copy_to(p.value, target, reason="load", what="param") for p in params]
         for param, array in zip(params, staged, strict=True):
             param.rehome(array)
@@ -154,11 +167,12 @@ def _file_source(model: Any, path: Any, check: str) -> Source:
     raw = read(path)
     if is_modelsync(raw):
         model_file = read_model_file(raw)
-        arrays = load_arrays(raw, list(model_file.params))
+        stored = [*model_file.params, *model_file.buffers]
+        arrays = load_arrays(raw, stored)
         file_model = build_model(model_file, arrays)  # validates the whole file
         if check == "graph":
             _check_graph(model, file_model, raw.path)
-        return file_source(arrays, list(model_file.params), raw.path)
+        return file_source(arrays, stored, raw.path)
     if check == "graph":
         raise LoadError(
             f"{raw.path}: not a modelsync file (no {FORMAT_KEY!r} metadata), so it has no "
@@ -234,7 +248,7 @@ def _check_graph(model: Any, file_model: Any, where: str) -> None:
     for (path_a, shape_a, dtype_a), (path_b, shape_b, dtype_b) in zip(ours, stored, strict=False):
         if path_a != path_b:
             raise GraphMismatchError(
-                    f"{path_a}: the model has a Param here but the file has {path_b} in its place; "
+                f"{path_a}: the model has this here but the file has {path_b} in its place; "
                 f"the file was not saved from this model's graph; {hint}")
         if (shape_a, dtype_a) != (shape_b, dtype_b):
             raise GraphMismatchError(
@@ -243,7 +257,7 @@ def _check_graph(model: Any, file_model: Any, where: str) -> None:
     if len(ours) != len(stored):
         longer, side = (ours, "the model") if len(ours) > len(stored) else (stored, "the file")
         raise GraphMismatchError(
-            f"{longer[min(len(ours), len(stored))][0]}: only {side} has a Param here; the file "
+            f"{longer[min(len(ours), len(stored))][0]}: only {side} has this; the file "
             f"was not saved from this model's graph; {hint}")
     raise GraphMismatchError(
         f"{where}: the file's graph_id {theirs} differs from the model's {mine}: same "

@@ -111,7 +111,9 @@ class BatchNorm:
                 f"(N, C, H, W) with C=num_features={self.num_features}")
         in_dtype = x.dtype
         xp = namespace(x)
-        x = as_layer_dtype(x, getattr(xp, self.dtype), ctx, "BatchNorm")
+        held = self.weight if self.weight is not None else self.running_mean
+        x = as_layer_dtype(x, getattr(xp, self.dtype) if held is None else held.dtype, ctx,
+                           "BatchNorm")
         axes = (0, *range(2, x.ndim))
         bshape = (1, self.num_features) + (1,) * (x.ndim - 2)
         n = math.prod(x.shape[i] for i in axes)
