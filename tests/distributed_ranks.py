@@ -372,50 +372,54 @@ def _bn_train(model, opt, seed: int, steps: int) -> None:
 
 
 def s_buffers(comm, out_dir):
-    out = {}
-    for spec in ("host", "sim:1"):
-        root_model = None
-        if comm.rank == 0:
-            root_model = bn_model()
-            _bn_train(root_model, optim.SGD(ms.params(root_model), lr=0.1), 100, 3)
-        replica = D.replicate(root_model, comm, device=spec)
-        seen = {"replicated": buffer_values(replica), "graph": ms.graph_id(replica),
-                "device": str(ms.buffers(replica)[0].device)}
-        if comm.rank == 0:
-            seen["root"] = buffer_values(root_model)
-        # DataParallel: each rank's batches, its own statistics; Params stay replicas
-        opt = D.DataParallel(optim.SGD(ms.params(replica), lr=0.1), comm)
-        _bn_train(replica, opt, 10 * (comm.rank + 1), 2)
-        seen["after_steps"] = buffer_values(replica)
-        seen["params"] = digest(replica)
-        seen["save_refused"] = raised(lambda: D.save(
-            replica, out_dir / f"refused-{spec}.safetensors", comm))
-        seen["refused_file"] = (out_dir / f"refused-{spec}.safetensors").exists()
-        seen["bad_how"] = raised(lambda: D.sync_buffers(replica, comm, how="median"))
-        D.sync_buffers(replica, comm)  # how="mean"
-        seen["mean"] = buffer_values(replica)
-        D.save(replica, out_dir / f"agreed-{spec}.safetensors", comm)
-        seen["saved"] = buffer_values(ms.load(out_dir / f"agreed-{spec}.safetensors"))
-        # broadcast carries the root's Buffers
-        _bn_train(replica, optim.SGD(ms.params(replica), lr=0.1), 50 + comm.rank, 1)
-        seen["before_broadcast"] = buffer_values(replica)
-        D.broadcast(replica, comm)
-        seen["broadcast"] = buffer_values(replica)
-        # how="root"
-        _bn_train(replica, optim.SGD(ms.params(replica), lr=0.1), 70 + comm.rank, 1)
-        seen["before_root"] = buffer_values(replica)
-        D.sync_buffers(replica, comm, how="root")
-        seen["root_sync"] = buffer_values(replica)
-        # counters that differ: every rank raises, nothing changes
-        _bn_train(replica, optim.SGD(ms.params(replica), lr=0.1), 90, 1 + comm.rank)
-        seen["before_counters"] = buffer_values(replica)
-        seen["counters"] = raised(lambda: D.sync_buffers(replica, comm))
-        seen["after_counters"] = buffer_values(replica)
-        out[spec] = seen
+    out = {spec: _buffers_on(comm, out_dir, spec) for spec in ("host", "sim:1")}
     # agreement covers Buffers: one rank's BatchNorm tracks no statistics
     odd = bn_model(tracking=comm.rank != comm.size - 1)
     out["structure"] = raised(lambda: D.broadcast(odd, comm, check="structure"))
     return out
+
+
+def _buffers_on(comm, out_dir, spec):
+    """Every Buffer rule across ranks, on ``spec``: replicate, DataParallel, save refused,
+    sync_buffers (mean, bad how), save, broadcast, sync_buffers root, counters differing."""
+    root_model = None
+    if comm.rank == 0:
+        root_model = bn_model()
+        _bn_train(root_model, optim.SGD(ms.params(root_model), lr=0.1), 100, 3)
+    replica = D.replicate(root_model, comm, device=spec)
+    seen = {"replicated": buffer_values(replica), "graph": ms.graph_id(replica),
+            "device": str(ms.buffers(replica)[0].device)}
+    if comm.rank == 0:
+        seen["root"] = buffer_values(root_model)
+    # DataParallel: each rank's batches, its own statistics; Params stay replicas
+    opt = D.DataParallel(optim.SGD(ms.params(replica), lr=0.1), comm)
+    _bn_train(replica, opt, 10 * (comm.rank + 1), 2)
+    seen["after_steps"] = buffer_values(replica)
+    seen["params"] = digest(replica)
+    seen["save_refused"] = raised(lambda: D.save(
+        replica, out_dir / f"refused-{spec}.safetensors", comm))
+    seen["refused_file"] = (out_dir / f"refused-{spec}.safetensors").exists()
+    seen["bad_how"] = raised(lambda: D.sync_buffers(replica, comm, how="median"))
+    D.sync_buffers(replica, comm)  # how="mean"
+    seen["mean"] = buffer_values(replica)
+    D.save(replica, out_dir / f"agreed-{spec}.safetensors", comm)
+    seen["saved"] = buffer_values(ms.load(out_dir / f"agreed-{spec}.safetensors"))
+    # broadcast carries the root's Buffers
+    _bn_train(replica, optim.SGD(ms.params(replica), lr=0.1), 50 + comm.rank, 1)
+    seen["before_broadcast"] = buffer_values(replica)
+    D.broadcast(replica, comm)
+    seen["broadcast"] = buffer_values(replica)
+    # how="root"
+    _bn_train(replica, optim.SGD(ms.params(replica), lr=0.1), 70 + comm.rank, 1)
+    seen["before_root"] = buffer_values(replica)
+    D.sync_buffers(replica, comm, how="root")
+    seen["root_sync"] = buffer_values(replica)
+    # counters that differ: every rank raises, nothing changes
+    _bn_train(replica, optim.SGD(ms.params(replica), lr=0.1), 90, 1 + comm.rank)
+    seen["before_counters"] = buffer_values(replica)
+    seen["counters"] = raised(lambda: D.sync_buffers(replica, comm))
+    seen["after_counters"] = buffer_values(replica)
+    return seen
 
 
 GROUPS = {

@@ -463,3 +463,32 @@ def test_update_bn_restores_momentum_when_a_batch_fails(rng):
     with pytest.raises(ms.ArgumentError):
         ms.update_bn(model, [np.zeros((3, 5), np.float32)])
     assert model.layers[1].momentum == 0.1
+
+
+def test_no_optimizer_can_be_bound_to_a_buffer():
+    model = net()
+    with pytest.raises(ms.ArgumentTypeError, match="params\\[0\\] is a Buffer"):
+        optim.Adam(ms.buffers(model), lr=1e-3)
+    with pytest.raises(ms.ArgumentTypeError, match="is a Buffer"):
+        optim.SGD([*ms.params(model), ms.buffers(model)[0]], lr=0.1)
+
+
+def test_deepcopy_and_pickle_keep_buffers_as_buffers(rng):
+    import copy
+    import pickle
+
+    model = net()
+    train_steps(model, rng, "host")
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert all(type(b) is ms.Buffer for b in ms.buffers(twin))
+        assert ms.graph_id(twin) == ms.graph_id(model)
+        for k, v in host_buffers(model).items():
+            assert np.array_equal(host_buffers(twin)[k], v)
+        assert ms.buffers(twin)[0] is not ms.buffers(model)[0]
+
+
+def test_a_model_without_buffers_keeps_its_graph_id_and_file_format(tmp_path):
+    model = layers.Chain(layers.Dense(3, 2, seed=0))
+    assert ms.named_buffers(model) == {} and ms.buffers(model) == []
+    ms.save(model, tmp_path / "m.safetensors")
+    assert ms.graph_id(ms.load(tmp_path / "m.safetensors")) == ms.graph_id(model)
