@@ -123,9 +123,9 @@ def _copied_buffers(model: Any, target: Device, reason: str, read: Any
                     ) -> list[tuple[list[Buffer], Any]]:
     """``model``'s Buffers grouped by dtype, each group copied to ``target`` as one new 1-D
     array (one counted transfer per dtype, as for Params)."""
-    found = buffers(model)
-    if not found:
+    if not cache_of(model).with_buffers:  # (most models: nothing to do, at no cost)
         return []
+    found = buffers(model)
     return [(group, flat.copy_flat(group, target, reason=reason, read=read))
             for group in flat.group_by_dtype(found).values()]
 

@@ -55,16 +55,18 @@ def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0,
                 "different values there; untie dst or sync from a model with the same ties")
     # Stage every value on dst's device first: a failed transfer leaves dst unchanged.
     staged = [staging for group in groups for staging in _stage(group, aliased, tau != 1.0)]
-    staged_buffers = syncing_buffers.stage(buffer_pairs, rule, tau != 1.0)
+    staged_buffers = syncing_buffers.stage(buffer_pairs, rule, tau != 1.0) if buffer_pairs \
+        else None
     # Then every wrap-mode pull (a soft update reads dst) before the first write.
     for targets, _, _ in staged:
         for d in targets:  # (none where no dst member is linked)
             d.writable(overwrite=tau == 1.0)  # wrap mode: this side becomes the newest
-    buffer_storages = syncing_buffers.open_for_write(staged_buffers)
+    buffer_storages = syncing_buffers.open_for_write(staged_buffers) if staged_buffers else None
     blend = Blend(tau) if tau != 1.0 else None
     for _, storage, values in staged:
         _write(storage, values, blend)
-    syncing_buffers.write(staged_buffers, buffer_storages, tau)
+    if staged_buffers:
+        syncing_buffers.write(staged_buffers, buffer_storages, tau)
     return dst
 
 

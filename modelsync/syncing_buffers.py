@@ -40,6 +40,8 @@ def matched(dst: Any, src: Any) -> list[tuple[Buffer, Buffer]]:
     """Each distinct dst Buffer with src's at its place; GraphMismatchError naming the first
     Buffer that is missing, extra or of another shape or dtype on either side."""
     dst_paths, src_paths = buffer_paths(dst), buffer_paths(src)
+    if not dst_paths and not src_paths:
+        return []
     for (dpath, db), (spath, sb) in zip(dst_paths, src_paths, strict=False):
         if dpath != spath or db.shape != sb.shape or dtype_name(db.dtype) != dtype_name(sb.dtype):
             raise GraphMismatchError(
