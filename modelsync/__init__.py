@@ -11,6 +11,7 @@ from .errors import (
     CoherenceError,
     DeviceError,
     DeviceMismatchError,
+    ExportError,
     GradientCheckError,
     GraphMismatchError,
     LoadError,
@@ -19,6 +20,7 @@ from .errors import (
     SaveError,
     TransferError,
 )
+from .export import export_onnx, export_rule
 from .gradcheck import check_gradients
 from .interop import state_dict
 from .io import load, load_into, load_optimizer, read_metadata, save
@@ -34,9 +36,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArgumentError", "ArgumentTypeError", "CoherenceError", "Device", "DeviceError",
-    "DeviceMismatchError", "GradientCheckError", "GraphMismatchError", "LoadError",
+    "DeviceMismatchError", "ExportError", "GradientCheckError", "GraphMismatchError", "LoadError",
     "ModelSyncError", "MovedError", "Param", "SaveError", "TransferError", "TransferLedger",
     "available_devices", "backprop", "check_gradients", "detach", "device", "distributed",
+    "export_onnx", "export_rule",
     "flatten", "graph_id", "interop", "layer", "layers", "load", "load_into", "load_optimizer",
     "losses", "named_params", "optim", "params", "read_metadata", "save", "state_dict", "sync",
     "to_device", "to_host", "track_transfers", "train", "transfer_guard",

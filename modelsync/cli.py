@@ -88,7 +88,34 @@ def build_parser() -> argparse.ArgumentParser:
     _device_option(inspect, default=None,
                    extra="also load the model onto this device and report it (default: only "
                          "read the file)")
+    export = commands.add_parser(
+        "export", help="write a saved model as an ONNX graph (needs modelsync[onnx])",
+        description="Load a .safetensors file written by ms.save (nothing in it is executed), "
+                    "and write the model in evaluation mode as an ONNX graph checked by ONNX's "
+                    "checker, with a dynamic batch axis. --input-shape is one example batch's "
+                    "shape, batch first (1,64 for the digits MLP; 1,1,8,8 for the CNN; 1,64 "
+                    "with --dtype int64 for the language model's token ids).")
+    export.add_argument("file", metavar="MODEL", help="a file written by ms.save")
+    export.add_argument("out", metavar="OUT", help="the .onnx file to write (atomically)")
+    export.add_argument("--input-shape", required=True, type=_shape, metavar="N,D,...",
+                        help="the example input's shape, batch first, e.g. 1,64")
+    export.add_argument("--dtype", default="float32",
+                        choices=("float16", "float32", "float64", "int32", "int64"),
+                        help="the input's dtype (default: float32; int64 for token ids)")
     return parser
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """An argparse type: a comma-separated shape of positive ints, batch first."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a shape; expected comma-separated positive integers such as "
+            "1,64") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every size must be at least 1")
+    return shape
 
 
 def _device_option(parser: argparse.ArgumentParser, default: str | None = "auto",
@@ -210,7 +237,21 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": _cmd_demo, "explore": _cmd_explore, "inspect": _cmd_inspect}
+def _cmd_export(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import io
+    from .export import export_onnx
+
+    model = io.load(args.file, device="host")
+    export_onnx(model, args.out, example=np.zeros(args.input_shape, dtype=args.dtype))
+    print(f"wrote {args.out} (input: batch x {' x '.join(map(str, args.input_shape[1:]))} "
+          f"{args.dtype})")
+    return 0
+
+
+COMMANDS = {"demo": _cmd_demo, "explore": _cmd_explore, "export": _cmd_export,
+            "inspect": _cmd_inspect}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

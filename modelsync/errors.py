@@ -50,3 +50,8 @@ class SaveError(ModelSyncError):
 
 class GradientCheckError(ModelSyncError):
     """A layer's pullback disagrees with central differences (ms.check_gradients)."""
+
+
+class ExportError(ModelSyncError):
+    """A model could not be exported (ms.export_onnx): a layer without an export rule, or a
+    graph ONNX's checker refuses. Nothing is written."""

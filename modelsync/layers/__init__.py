@@ -1,5 +1,5 @@
-"""Built-in layers: Dense/Affine, Chain, activations, Embedding, LayerNorm, BatchNorm,
-Dropout."""
+"""Built-in layers: Dense/Affine, Chain, SkipConnection, Parallel, activations, Embedding,
+LayerNorm, BatchNorm, Dropout."""
 
 from .activations import (
     GELU,
@@ -17,6 +17,7 @@ from .activations import (
 from .base import Context, layer
 from .batchnorm import BatchNorm
 from .chain import Chain
+from .combinators import Parallel, SkipConnection
 from .dense import Affine, Dense
 from .dropout import Dropout
 from .embedding import Embedding
@@ -25,6 +26,7 @@ from .norm import LayerNorm
 __all__ = [
     "GELU", "Activation", "Affine", "Chain", "Context", "Dense", "Dropout", "Embedding",
     "LayerNorm", "ReLU", "Sigmoid",
+    "Parallel", "SkipConnection",
     "Softmax", "Tanh", "gelu", "layer", "relu", "sigmoid", "softmax", "tanh",
 ]
 __all__ += ["BatchNorm"]

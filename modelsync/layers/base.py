@@ -65,11 +65,13 @@ def call(model: Any, x: Any, *, train: bool = False, rng: np.random.Generator | 
 
 def forward_pair(model: Any, x: Any, ctx: Context) -> tuple[Any, Any]:
     """``model.forward(x, ctx)``, checked to be the ``(y, pullback)`` pair every layer returns
-    (a custom layer returning only ``y`` is the common slip)."""
+    (a custom layer returning only ``y`` is the common slip); the error names ``ctx.path``,
+    so a layer that calls its children through this names a bad child however deep."""
     out = model.forward(x, ctx)
     if not (isinstance(out, tuple) and len(out) == 2 and callable(out[1])):
         raise ArgumentTypeError(
-            f"{type(model).__name__}.forward returned a {type(out).__name__}; a layer's "
+            f"{ctx.path or 'model'}: {type(model).__name__}.forward returned a "
+            f"{type(out).__name__}; a layer's "
             "forward(x, ctx) must return (y, pullback), where pullback(dy) returns dx and adds "
             "each Param's gradient (see docs/guide.md, 'Your own layer')")
     return out

@@ -8,7 +8,7 @@ import attrs
 
 from ..errors import ArgumentTypeError
 from ..tree import TrackedList
-from .base import Context, layer
+from .base import Context, forward_pair, layer
 
 
 def _as_layers(items: Any) -> TrackedList:
@@ -37,7 +37,7 @@ class Chain:
     def forward(self, x: Any, ctx: Context) -> tuple[Any, Any]:
         pullbacks = []
         for i, child in enumerate(self.layers):
-            x, pullback = child.forward(x, ctx.child(f"layers.{i}"))
+            x, pullback = forward_pair(child, x, ctx.child(f"layers.{i}"))
             pullbacks.append(pullback)
 
         def pullback(dy: Any) -> Any:

@@ -1,0 +1,7 @@
+"""ONNX export (extra ``modelsync[onnx]``): ``ms.export_onnx`` and ``ms.export_rule``."""
+
+from . import rules as _rules  # noqa: F401 (registers the built-in layers' rules)
+from .api import OPSET, export_onnx
+from .emit import Emitter, Value, export_rule
+
+__all__ = ["OPSET", "Emitter", "Value", "export_onnx", "export_rule"]

@@ -1,0 +1,116 @@
+"""The export rules of the built-in layers (evaluation mode: Dropout is the identity,
+BatchNorm reads its running statistics)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..layers.activations import Activation
+from ..layers.chain import Chain
+from ..layers.combinators import Parallel, SkipConnection
+from ..layers.dense import Dense
+from ..layers.dropout import Dropout
+from ..layers.embedding import Embedding
+from ..layers.norm import LayerNorm
+from .emit import Emitter, Value, child_path, export_rule
+
+#: gelu is the tanh approximation (as modelsync computes it): sqrt(2/pi)
+_GELU_C = 0.7978845608028654
+
+
+def activation(g: Emitter, name: str | None, x: str, path: str) -> str:
+    """The nodes of one named activation (modelsync.layers.activations) applied to ``x``."""
+    if name is None:
+        return x
+    if name == "relu":
+        return g.node("Relu", [x], path)
+    if name == "tanh":
+        return g.node("Tanh", [x], path)
+    if name == "sigmoid":
+        return g.node("Sigmoid", [x], path)
+    if name == "softmax":
+        return g.node("Softmax", [x], path, axis=-1)
+    if name == "gelu":  # 0.5 x (1 + tanh(c (x + 0.044715 x^3)))
+        cube = g.node("Mul", [g.node("Mul", [x, x], path), x], path)
+        inner = g.node("Add", [x, g.node("Mul", [cube, scalar(g, 0.044715, x, path)], path)],
+                       path)
+        t = g.node("Tanh", [g.node("Mul", [inner, scalar(g, _GELU_C, x, path)], path)], path)
+        half_x = g.node("Mul", [x, scalar(g, 0.5, x, path)], path)
+        return g.node("Add", [half_x, g.node("Mul", [half_x, t], path)], path)
+    raise AssertionError(f"unknown activation {name!r}")  # pragma: no cover (validated)
+
+
+def scalar(g: Emitter, value: float, like: str, path: str) -> str:
+    """A float scalar constant in the graph's floating dtype (float32 unless told)."""
+    import numpy as np
+
+    return g.constant(np.asarray(value, dtype=g.float_dtype), f"{path}.const")
+
+
+def linear(g: Emitter, x: str, weight: Any, bias: Any, path: str) -> str:
+    """``x @ weight.T + bias`` for inputs of any rank (MatMul, not Gemm, which takes 2-D)."""
+    w = g.param(weight, child_path(path, "weight"))
+    y = g.node("MatMul", [x, g.node("Transpose", [w], path, perm=[1, 0])], path)
+    if bias is not None:
+        y = g.node("Add", [y, g.param(bias, child_path(path, "bias"))], path)
+    return y
+
+
+@export_rule(Chain)
+def _chain(g: Emitter, layer: Chain, x: Value, path: str) -> str:
+    for i, child in enumerate(layer.layers):
+        x = g.emit(child, x, child_path(path, f"layers.{i}"))
+    return x.name
+
+
+@export_rule(Dense)
+def _dense(g: Emitter, layer: Dense, x: Value, path: str) -> str:
+    return activation(g, layer.activation, linear(g, x.name, layer.weight, layer.bias, path),
+                      path)
+
+
+@export_rule(Activation)
+def _activation(g: Emitter, layer: Activation, x: Value, path: str) -> str:
+    return activation(g, layer.name, x.name, path)
+
+
+@export_rule(Dropout)
+def _dropout(g: Emitter, layer: Dropout, x: Value, path: str) -> str:
+    return g.node("Identity", [x.name], path)
+
+
+@export_rule(Embedding)
+def _embedding(g: Emitter, layer: Embedding, x: Value, path: str) -> str:
+    return g.node("Gather", [g.param(layer.weight, child_path(path, "weight")), x.name], path,
+                  axis=0)
+
+
+@export_rule(LayerNorm)
+def _layer_norm(g: Emitter, layer: LayerNorm, x: Value, path: str) -> str:
+    return g.node("LayerNormalization", [
+        x.name, g.param(layer.weight, child_path(path, "weight")),
+        g.param(layer.bias, child_path(path, "bias"))], path, axis=-1, epsilon=layer.eps)
+
+
+def join(g: Emitter, connection: str, names: list[str], path: str) -> str:
+    """A combinator's connection over its branch outputs (modelsync.layers.combinators)."""
+    if connection in ("add", "mul"):
+        op = "Add" if connection == "add" else "Mul"
+        y = names[0]
+        for other in names[1:]:
+            y = g.node(op, [y, other], path)
+        return y
+    return g.node("Concat", names, path, axis=-1 if connection == "concat" else 1)
+
+
+@export_rule(SkipConnection)
+def _skip(g: Emitter, layer: SkipConnection, x: Value, path: str) -> str:
+    inner = g.emit(layer.layer, x, child_path(path, "layer"))
+    return join(g, layer.connection, [inner.name, x.name], path)
+
+
+@export_rule(Parallel)
+def _parallel(g: Emitter, layer: Parallel, x: Value, path: str) -> str:
+    outs = [g.emit(branch, x, child_path(path, f"layers.{i}")).name
+            for i, branch in enumerate(layer.layers)]
+    return join(g, layer.connection, outs, path)
