@@ -38,9 +38,11 @@ def check_gradients(layer: Any, x: Any, *, seed: int = 0, rtol: float = 1e-4,
         raise ArgumentError(f"seed={seed!r} is outside [0, ∞) (expected a non-negative int)")
     if isinstance(directions, bool) or not isinstance(directions, int) or directions < 1:
         raise ArgumentError(f"directions={directions!r} is outside [1, ∞)")
-    from .convert import to_host
+    from .convert import to_device
 
-    work = to_host(layer, mode="copy")
+    # (to_device, not to_host: to_host of a wrapper returns its original, which the check
+    # would then change; a copy of the wrapper is what is checked)
+    work = to_device(layer, "host", mode="copy")
     named = named_params(work)
     for p in named.values():
         p.rehome(np.array(p.value, dtype=np.float64))

@@ -9,6 +9,7 @@ from conftest import to_numpy
 
 import modelsync as ms
 from modelsync import layers, optim
+from modelsync.devices import dtype_name
 from modelsync.tree import structure
 
 
@@ -458,11 +459,31 @@ def test_update_bn_without_batchnorm_is_an_argument_error():
                      [np.zeros((2, 2), np.float32)])
 
 
-def test_update_bn_restores_momentum_when_a_batch_fails(rng):
-    model = net()
+def test_update_bn_is_all_or_nothing_when_a_batch_fails(dev, rng):
+    model = ms.to_device(net(), dev)
+    train_steps(model, rng, dev, steps=2)
+    before = host_buffers(model)
+    good = ms.to_device(rng.normal(size=(8, 4)).astype(np.float32), dev)
+    bad = ms.to_device(np.zeros((3, 5), np.float32), dev)
     with pytest.raises(ms.ArgumentError):
-        ms.update_bn(model, [np.zeros((3, 5), np.float32)])
+        ms.update_bn(model, [good, bad])
     assert model.layers[1].momentum == 0.1
+    for k, v in host_buffers(model).items():
+        assert np.array_equal(v, before[k])
+
+
+def test_check_gradients_of_a_wrapper_changes_neither_side(rng):
+    original = layers.BatchNorm(3)
+    original(rng.normal(size=(6, 3)).astype(np.float32), train=True)
+    wrapper = ms.to_device(original, "sim:1", mode="wrap")
+    ms.check_gradients(wrapper, rng.normal(size=(6, 3)).astype(np.float32))
+    for model in (original, wrapper):
+        assert [dtype_name(b.dtype) for b in ms.buffers(model)] == [
+            "float32", "float32", "int64"]
+        assert all(dtype_name(p.dtype) == "float32" for p in ms.params(model))
+    assert ms.buffers(wrapper)[0].device == ms.device("sim:1")
+    assert int(ms.named_buffers(original)["num_batches_tracked"].value) == 1
+    ms.detach(wrapper)
 
 
 def test_no_optimizer_can_be_bound_to_a_buffer():
