@@ -409,8 +409,22 @@ def test_load_into_with_check_graph_names_a_missing_buffer(tmp_path):
                          layers.ReLU(), layers.Dense(3, 2))
     path = tmp_path / "m.safetensors"
     ms.save(other, path)
-    with pytest.raises(ms.GraphMismatchError, match="layers.1.running_mean: only the model"):
+    with pytest.raises(ms.GraphMismatchError, match="layers.1.running_mean: only the model") \
+            as info:
         ms.load_into(net(), path)
+    assert isinstance(info.value, ms.LoadError)  # a file whose buffers are missing
+    with pytest.raises(ms.LoadError, match="layers.1.running_mean: the model has this Param"):
+        ms.load_into(net(), path, check="structure")
+
+
+def test_load_into_a_file_with_misshaped_buffers_is_a_load_error(tmp_path):
+    path = tmp_path / "m.safetensors"
+    ms.save(layers.BatchNorm(4, affine=False), path)
+    with pytest.raises(ms.LoadError, match="running_mean: model \\(3,\\) float32 vs file "
+                       "\\(4,\\) float32"):
+        ms.load_into(layers.BatchNorm(3, affine=False), path, check="structure")
+    with pytest.raises(ms.LoadError, match="running_mean"):
+        ms.load_into(layers.BatchNorm(3, affine=False), path)
 
 
 # -- update_bn ----------------------------------------------------------------------------------

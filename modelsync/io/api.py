@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..buffers import Buffer
 from ..checks import match_check
 from ..devices import HOST, Device, device_of, dtype_name
 from ..devices import device as to_device_spec
@@ -239,25 +240,38 @@ def _serialize(tensors: dict[str, np.ndarray], meta: dict[str, str], target: Any
         raise SaveError(f"{target}: safetensors could not serialize the model: {exc}") from exc
 
 
+class BufferMismatchError(GraphMismatchError, LoadError):
+    """A file's Buffers do not match the model's (one missing, extra or of another shape or
+    dtype): a GraphMismatchError as for Params, and a LoadError, since the file is wrong
+    for this model."""
+
+
+def _mismatch(path: str, buffers: set[str]) -> type[GraphMismatchError]:
+    """The error class for a mismatch at ``path``: BufferMismatchError for a Buffer's."""
+    return BufferMismatchError if path in buffers else GraphMismatchError
+
+
 def _check_graph(model: Any, file_model: Any, where: str) -> None:
     mine, theirs = graph_id(model), graph_id(file_model)
     if mine == theirs:
         return
     hint = "pass check='structure' to load by parameter names, shapes and dtypes"
     ours, stored = structure(model), structure(file_model)
+    held = set(named_buffers(model)) | set(named_buffers(file_model))
     for (path_a, shape_a, dtype_a), (path_b, shape_b, dtype_b) in zip(ours, stored, strict=False):
         if path_a != path_b:
-            raise GraphMismatchError(
+            raise (BufferMismatchError if {path_a, path_b} & held else GraphMismatchError)(
                 f"{path_a}: the model has this here but the file has {path_b} in its place; "
                 f"the file was not saved from this model's graph; {hint}")
         if (shape_a, dtype_a) != (shape_b, dtype_b):
-            raise GraphMismatchError(
+            raise _mismatch(path_a, held)(
                 f"{path_a}: model {shape_a} {dtype_a} vs file {shape_b} {dtype_b}; the file was "
                 "not saved from this model's graph")
     if len(ours) != len(stored):
         longer, side = (ours, "the model") if len(ours) > len(stored) else (stored, "the file")
-        raise GraphMismatchError(
-            f"{longer[min(len(ours), len(stored))][0]}: only {side} has this; the file "
+        path = longer[min(len(ours), len(stored))][0]
+        raise _mismatch(path, held)(
+            f"{path}: only {side} has this; the file "
             f"was not saved from this model's graph; {hint}")
     raise GraphMismatchError(
         f"{where}: the file's graph_id {theirs} differs from the model's {mine}: same "
@@ -285,7 +299,8 @@ def _match(model: Any, names: Names, source: Source, strict: bool) -> list[tuple
     unused = [key for key in source.keys if key not in used]
     for path, p, key in places:
         if id(p) not in chosen:
-            raise GraphMismatchError(_missing(path, key, source, unused if strict else []))
+            kind = BufferMismatchError if _file_buffer(p, source) else GraphMismatchError
+            raise kind(_missing(path, key, source, unused if strict else []))
     if unused and strict:
         key = unused[0]
         named = "no Param of that name" if names is None else "no Param that names maps to it"
@@ -299,7 +314,8 @@ def _match(model: Any, names: Names, source: Source, strict: bool) -> list[tuple
         shape, dtype = tuple(array.shape), dtype_name(array.dtype)
         if (p.shape, dtype_name(p.dtype)) != (shape, dtype):
             label = source.side if key == path else f"{source.side} {key!r}"
-            raise GraphMismatchError(
+            kind = BufferMismatchError if _file_buffer(p, source) else GraphMismatchError
+            raise kind(
                 f"{path}: model {p.shape} {dtype_name(p.dtype)} vs {label} {shape} {dtype}")
     for path, p, key in also:
         first_path, _, first_key = chosen[id(p)]
@@ -308,6 +324,12 @@ def _match(model: Any, names: Names, source: Source, strict: bool) -> list[tuple
                 f"{first_path} and {path}: the model ties them to one Param but "
                 f"{source.where} holds different values at {first_key!r} and {key!r}")
     return [(p, arrays[key]) for _, p, key in chosen.values()]
+
+
+def _file_buffer(p: Any, source: Source) -> bool:
+    """Whether ``p`` is a Buffer being loaded from a file (a mismatch is then also a
+    LoadError: the file's Buffers are missing or mis-shaped for this model)."""
+    return isinstance(p, Buffer) and source.side == "file"
 
 
 def _missing(path: str, key: Any, source: Source, unused: list[Any]) -> str:
