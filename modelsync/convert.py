@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import coherence, flat
-from .buffers import Buffer, made_like
+from .buffers import Buffer
 from .devices import HOST, Device, device, device_of, is_array
 from .errors import ArgumentError, CoherenceError
 from .params import Param
@@ -114,8 +114,11 @@ def _flat_twins(model: Any, target: Device, reason: str) -> dict[int, Param]:
         made = flat.params_on(buffer, group, sizes=sizes, shapes=shapes)
         twins.update(zip(map(id, group), made, strict=True))
     for group, buffer in _copied_buffers(model, target, reason, _value):
-        views = _views(buffer, group)
-        twins.update((id(b), made_like(view, b)) for b, view in zip(group, views, strict=True))
+        store = flat.FlatStore(buffer, flat.sizes_of(group))  # (so sync copies it whole)
+        made = Buffer.twins_in_store(store.views([b.shape for b in group]), store.device,
+                                     group, store)
+        store.hold(made)
+        twins.update(zip(map(id, group), made, strict=True))
     return twins
 
 

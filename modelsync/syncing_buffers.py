@@ -1,5 +1,6 @@
-"""What `sync` does to Buffers (state that is not trained): checked with the Params, staged
-before the first write, and written by the rule ``buffers=`` names.
+"""What `sync` does to Buffers (state that is not trained): matched by path, shape and dtype
+with the Params' plan (syncing.py, which stages and writes them as it does Params: one whole
+buffer where flat stores allow), and written by the rule ``buffers=`` names.
 
 | ``buffers=`` | floating Buffers (statistics)        | counters            |
 | ------------ | ------------------------------------ | ------------------- |
@@ -16,16 +17,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .blend import Blend
 from .buffers import Buffer
 from .devices import dtype_name
 from .errors import ArgumentError, GraphMismatchError
-from .transfers import copy_to
 from .tree import buffer_paths
 
 BUFFER_RULES = ("copy", "lerp", "keep")
-
-Staged = list[tuple[Buffer, Any, bool]]  # (dst Buffer, src values on its device, blend it)
 
 
 def check_rule(buffers: Any) -> str:
@@ -63,33 +60,11 @@ def describe(b: Buffer) -> str:
     return f"{b.shape} {dtype_name(b.dtype)}"
 
 
-def stage(pairs: list[tuple[Buffer, Buffer]], rule: str, soft: bool) -> Staged:
-    """src's values on each dst Buffer's device (a counted transfer where they differ), read
-    before anything is written; nothing under ``"keep"``."""
+def chosen(groups: list[Any], rule: str, tau: float) -> list[tuple[Any, bool]]:
+    """The Buffer groups (one dtype each) a sync writes under ``rule``, each with whether it
+    is blended (``"lerp"`` with ``tau < 1``, floating Buffers only) or copied; none under
+    ``"keep"``."""
     if rule == "keep":
         return []
-    staged: Staged = []
-    for d, s in pairs:
-        values = s.value
-        if s.device != d.device:
-            values = copy_to(values, d.device, reason="sync: buffers")
-        elif s.storage() is d.storage():
-            continue
-        staged.append((d, values, soft and rule == "lerp" and not d.is_counter))
-    return staged
-
-
-def open_for_write(staged: Staged) -> list[Any]:
-    """Each staged dst Buffer's storage, its wrap-mode hand-over done (a blend pulls first):
-    called for all of them before the first write of the sync, Params' or Buffers'."""
-    return [d.writable(overwrite=not mix) for d, _, mix in staged]
-
-
-def write(staged: Staged, storages: list[Any], tau: float) -> None:
-    """Write each staged value into its dst Buffer's storage."""
-    blend = Blend(tau) if any(mix for _, _, mix in staged) else None
-    for (_, values, mix), data in zip(staged, storages, strict=True):
-        if mix:
-            blend(data, values)
-        else:
-            data[...] = values
+    soft = rule == "lerp" and tau != 1.0
+    return [(group, soft and not group.dsts[0].is_counter) for group in groups]

@@ -132,26 +132,32 @@ class BatchNorm:
             mean = xp.reshape(self.running_mean.value, bshape)
             var = xp.reshape(self.running_var.value, bshape)
             xc = x - mean
+        # Every temporary below is fresh, so the arithmetic runs in place where it can.
         rstd = 1.0 / xp.sqrt(var + self.eps)
-        xhat = xc * rstd
+        xhat = xc
+        xhat *= rstd
         weight = None if self.weight is None else xp.reshape(self.weight.value, bshape)
-        y = xhat if weight is None else xhat * weight
+        y = xhat * weight if weight is not None else xhat + 0.0  # (y is the caller's)
         if self.bias is not None:
-            y = y + xp.reshape(self.bias.value, bshape)
+            y += xp.reshape(self.bias.value, bshape)
 
         def pullback(dy: Any) -> Any:
             dy = dy if dy.dtype == xhat.dtype else xp.astype(dy, xhat.dtype)
+            dw = xp.sum(dy * xhat, axis=axes, keepdims=True)
+            db = xp.sum(dy, axis=axes, keepdims=True)
             if self.weight is not None:
-                accumulate(self.weight, xp.reshape(xp.sum(dy * xhat, axis=axes), (-1,)))
-                accumulate(self.bias, xp.reshape(xp.sum(dy, axis=axes), (-1,)))
-            g = dy if weight is None else dy * weight
-            if batch_stats:
-                # dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) over the batch axes
-                dx = g - xp.mean(g, axis=axes, keepdims=True)
-                dx = dx - xhat * xp.mean(g * xhat, axis=axes, keepdims=True)
-                dx = dx * rstd
+                accumulate(self.weight, xp.reshape(dw, (-1,)))
+                accumulate(self.bias, xp.reshape(db, (-1,)))
+            scale = rstd if weight is None else rstd * weight
+            if not batch_stats:
+                dx = dy * scale
             else:
-                dx = g * rstd
+                # dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * weight,
+                # whose means are weight * db / n and weight * dw / n
+                dx = xhat * (dw * (-1.0 / n))
+                dx += dy
+                dx -= db * (1.0 / n)
+                dx *= scale
             return dx if dx.dtype == in_dtype else xp.astype(dx, in_dtype)
 
         return y, pullback
