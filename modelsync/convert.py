@@ -19,7 +19,7 @@ import numpy as np
 
 from . import coherence, flat
 from .buffers import Buffer
-from .devices import HOST, Device, device, device_of, is_array
+from .devices import HOST, Device, device, is_array
 from .errors import ArgumentError, CoherenceError
 from .params import Param
 from .rebuild import rebuild
@@ -133,16 +133,6 @@ def _copied_buffers(model: Any, target: Device, reason: str, read: Any
             for group in flat.group_by_dtype(found).values()]
 
 
-def _views(buffer: Any, group: list[Buffer]) -> list[Any]:
-    """Each Buffer's slice of the 1-D ``buffer``, in its shape (a counter's is 0-d)."""
-    xp = device_of(buffer).xp
-    views, offset = [], 0
-    for size, b in zip(flat.sizes_of(group), group, strict=True):
-        views.append(xp.reshape(buffer[offset:offset + size], b.shape))
-        offset += size
-    return views
-
-
 Layout = list[tuple[list[Param], "Device | None", list[int], list[tuple[int, ...]]]]
 
 
@@ -187,9 +177,8 @@ def _move(model: Any, target: Device) -> Any:
     moved = rebuild(model, lambda p: p)  # (before any Param changes: it may still fail)
     for group, buffer, grads in staged:
         flat.adopt(group, buffer, grads)
-    for group, buffer in kept:
-        for b, view in zip(group, _views(buffer, group), strict=True):
-            b.rehome(view)
+    for group, buffer in kept:  # (the same Buffers, re-homed into a flat store of their own)
+        flat.adopt(group, buffer, [None] * len(group))
     mark_moved(model, str(target))
     return moved
 
