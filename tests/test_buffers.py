@@ -321,20 +321,32 @@ def test_a_model_saved_without_batchnorm_has_no_buffer_table(tmp_path):
     assert "modelsync.buffers" not in read(path, header_only=True).metadata
 
 
-def _rewrite(path, change):
-    """Rewrite the file at ``path`` with ``change(tensors, metadata)`` applied."""
-    import json
-
+def _edit(path, change):
+    """Rewrite the file at ``path`` with ``change(tensors, metadata)`` applied, as a file
+    edited by hand: without any checksum entry (files without one still load), so what the
+    test changed is what the loader finds."""
     from safetensors import safe_open
     from safetensors.numpy import save_file
 
     with safe_open(str(path), "np") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    table = json.loads(meta["modelsync.buffers"])
-    change(tensors, table)
-    meta["modelsync.buffers"] = json.dumps(table)
+    meta = {k: v for k, v in meta.items()
+            if not any(word in k.lower() for word in ("checksum", "digest", "hash", "crc"))}
+    change(tensors, meta)
     save_file(tensors, str(path), metadata=meta)
+
+
+def _rewrite(path, change):
+    """``_edit`` of the file's Buffer table: ``change(tensors, table)``."""
+    import json
+
+    def edit(tensors, meta):
+        table = json.loads(meta["modelsync.buffers"])
+        change(tensors, table)
+        meta["modelsync.buffers"] = json.dumps(table)
+
+    _edit(path, edit)
 
 
 @pytest.mark.parametrize("change, words", [
@@ -527,3 +539,51 @@ def test_a_model_without_buffers_keeps_its_graph_id_and_file_format(tmp_path):
     assert ms.named_buffers(model) == {} and ms.buffers(model) == []
     ms.save(model, tmp_path / "m.safetensors")
     assert ms.graph_id(ms.load(tmp_path / "m.safetensors")) == ms.graph_id(model)
+
+
+def test_a_refused_buffer_transfer_leaves_every_model_as_it_was(rng):
+    src = net()
+    train_steps(src, rng, "host", steps=2)
+    dst = ms.to_device(net(), "sim:1")
+    dst_params = {k: to_numpy(p.value) for k, p in ms.named_params(dst).items()}
+    before = host_buffers(dst)
+    with ms.transfer_guard("disallow"):
+        with pytest.raises(ms.TransferError):
+            ms.sync(dst, src, check="structure")
+        with pytest.raises(ms.TransferError):
+            ms.to_device(src, "sim:1")
+    for k, v in before.items():
+        assert np.array_equal(host_buffers(dst)[k], v)
+    for k, v in dst_params.items():
+        assert np.array_equal(to_numpy(ms.named_params(dst)[k].value), v)
+
+
+@pytest.mark.parametrize("table, words", [
+    ({"layers.1.running_mean": {"shape": [3], "dtype": "int8", "origin": "x", "name": None}},
+     "dtype 'int8' is not one of"),
+    ([1, 2], "must be a JSON object"),
+])
+def test_a_malformed_buffer_table_is_a_load_error(table, words, tmp_path):
+    import json
+
+    path = tmp_path / "m.safetensors"
+    ms.save(net(), path)
+    _edit(path, lambda tensors, meta: meta.update({"modelsync.buffers": json.dumps(table)}))
+    with pytest.raises(ms.LoadError, match=words):
+        ms.load(path)
+
+
+def test_a_name_listed_as_both_param_and_buffer_is_a_load_error(tmp_path):
+    import json
+
+    path = tmp_path / "m.safetensors"
+    ms.save(net(), path)
+
+    def edit(tensors, meta):
+        table = json.loads(meta["modelsync.buffers"])
+        table["layers.1.weight"] = json.loads(meta["modelsync.params"])["layers.1.weight"]
+        meta["modelsync.buffers"] = json.dumps(table)
+
+    _edit(path, edit)
+    with pytest.raises(ms.LoadError, match="'layers.1.weight' is listed both"):
+        ms.load(path)
