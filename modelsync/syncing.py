@@ -16,7 +16,7 @@ import numpy as np
 from . import coherence, flat, syncing_buffers
 from .blend import Blend
 from .checks import match_check, soft_tau
-from .devices import HOST, Device, device_of, dtype_name
+from .devices import HOST, Device, device_of, dtype_name, on_array_device
 from .errors import ArgumentError, GraphMismatchError
 from .identity import IdentityMap
 from .params import Param
@@ -67,9 +67,11 @@ def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0,
             d.writable(overwrite=not mix)
     blend = Blend(tau) if tau != 1.0 else None
     for _, storage, values in staged:
-        _write(storage, values, blend)
+        with on_array_device(storage):  # (CuPy writes on the current GPU: make it dst's)
+            _write(storage, values, blend)
     for (_, storage, values), mix in staged_buffers:
-        _write(storage, values, blend if mix else None)
+        with on_array_device(storage):
+            _write(storage, values, blend if mix else None)
     return dst
 
 

@@ -19,6 +19,7 @@ import attrs
 import numpy as np
 
 from ..errors import ArgumentError, ArgumentTypeError, LoadError
+from ..tree import described
 
 #: The largest header we will read: bigger ones are corrupt or hostile, not models.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -70,6 +71,12 @@ def check_path(path: Any, argument: str = "path") -> Path:
                 raise ArgumentError(f"{argument}={fspath!r} contains a NUL character, which no "
                                     "file name can hold")
             return Path(fspath)
+    kind = described(path)
+    if kind.startswith(("a model", "an optimizer")):  # (arguments in the wrong order)
+        raise ArgumentTypeError(
+            f"{argument} is {kind}; expected a file path (str or os.PathLike): the order is "
+            "ms.save(model, path), ms.load(path), ms.load_into(model, path), "
+            "ms.load_optimizer(path, optimizer)")
     raise ArgumentTypeError(
         f"{argument}={path!r} is a {type(path).__name__}; expected a non-empty str or "
         "os.PathLike file path")
