@@ -104,3 +104,25 @@ def test_agreement_covers_buffers(job):
         assert seen["structure"]["error"] == "GraphMismatchError"
         assert "layers.1.running_mean" in seen["structure"]["message"]
         assert "rank 1 has no Param there" in seen["structure"]["message"]
+
+
+# -- the world of one (no mpiexec) ---------------------------------------------------------------
+def test_sync_buffers_and_save_in_a_world_of_one(tmp_path):
+    import modelsync as ms
+    from modelsync import layers
+
+    comm = ms.distributed.init()
+    model = layers.Chain(layers.Dense(3, 3, seed=0), layers.BatchNorm(3))
+    model(np.ones((4, 3), np.float32) * np.arange(4, dtype=np.float32)[:, None], train=True)
+    before = {k: np.array(b.value) for k, b in ms.named_buffers(model).items()}
+    assert ms.distributed.sync_buffers(model, comm) is model
+    assert ms.distributed.sync_buffers(model, comm, "root") is model
+    for k, b in ms.named_buffers(model).items():
+        assert np.array_equal(b.value, before[k])
+    with pytest.raises(ms.ArgumentError, match="how='max'"):
+        ms.distributed.sync_buffers(model, comm, how="max")
+    with pytest.raises(ms.ArgumentError, match="root=3"):
+        ms.distributed.sync_buffers(model, comm, root=3)
+    ms.distributed.save(model, tmp_path / "m.safetensors", comm)
+    loaded = ms.load(tmp_path / "m.safetensors")
+    assert int(ms.named_buffers(loaded)["layers.1.num_batches_tracked"].value) == 1

@@ -118,7 +118,7 @@ def sync(model: Any, comm: Comm, *, tau: float = 1.0, check: str = "graph") -> A
 BUFFER_HOWS = ("mean", "root")
 
 
-def sync_buffers(model: Any, comm: Comm, *, how: str = "mean", root: int = 0) -> Any:
+def sync_buffers(model: Any, comm: Comm, how: str = "mean", *, root: int = 0) -> Any:
     """Bring every replica's Buffers into agreement, in place; returns ``model``.
 
     ``how="mean"``: each floating Buffer (running statistics) becomes the mean over the
