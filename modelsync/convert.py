@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import coherence, flat
+from . import coherence, flat, interrupts
 from .buffers import Buffer
 from .devices import HOST, Device, device, is_array
 from .errors import ArgumentError, ArgumentTypeError, CoherenceError
@@ -37,6 +37,7 @@ from .tree import (
 MODES = ("copy", "move", "wrap")
 
 
+@interrupts.holding
 def to_device(model: Any, device: Device | str = "auto", *, mode: str = "copy") -> Any:
     """Convert ``model`` for ``device`` as a copy, a move or a wrapper (see the module doc).
 
@@ -67,6 +68,7 @@ def _convert(model: Any, target: Device, mode: str, caller: str) -> Any:
     return _wrap(model, target, reason)
 
 
+@interrupts.holding
 def to_host(model: Any, *, mode: str = "copy") -> Any:
     """Convert ``model`` for the host; a wrapper gives back its original, brought up to date.
     A plain array is copied to the host (counted as data)."""
@@ -84,6 +86,7 @@ def to_host(model: Any, *, mode: str = "copy") -> Any:
     return wrapping.original
 
 
+@interrupts.holding
 def detach(wrapper: Any) -> Any:
     """Make ``wrapper`` an independent copy: pending device updates are first written back to
     the original, then the link is cut. Returns ``wrapper``."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import coherence, flat, syncing_buffers
+from . import coherence, flat, interrupts, syncing_buffers
 from .blend import Blend
 from .checks import match_check, soft_tau
 from .devices import HOST, Device, device_of, dtype_name, on_array_device
@@ -31,6 +31,7 @@ from .xp import concat_flat, concat_into
 SCATTER_BELOW = 4096
 
 
+@interrupts.holding
 def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0,
          buffers: str = "copy") -> Any:
     """Copy ``src``'s parameter values into ``dst`` in place, across devices; with ``tau < 1``

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .. import interrupts
 from ..errors import ArgumentError, ArgumentTypeError
 from ..params import Param
 from ..xp import namespace
@@ -93,16 +94,17 @@ class Bound:
     # -- the training-step API ---------------------------------------------------------------
     def step(self) -> None:
         """Apply one update to every bound Param that has a gradient; a step that cannot be
-        done (a transfer the guard refuses) raises and changes nothing. A step that finds
-        no gradient on any bound Param raises ArgumentError: it would silently do nothing
-        (torch skips such Params one by one; when all are skipped it is almost always an
-        optimizer bound to another copy of the model)."""
+        done (a transfer the guard refuses) raises and changes nothing; a Ctrl-C during the
+        update is delivered right after it. A step that finds no gradient on any bound Param
+        raises ArgumentError: it would silently do nothing (torch skips such Params one by
+        one; when all are skipped it is almost always an optimizer bound to another copy of
+        the model)."""
         for p in self._params:  # (the first Param has a gradient in any real step: O(1))
             if p.grad is not None:
                 break
         else:
             raise self._no_gradients()
-        self._prepare_step()()
+        interrupts.call(self._prepare_step())
 
     def _no_gradients(self) -> ArgumentError:
         first = self._params[0]
@@ -168,7 +170,7 @@ class Bound:
         """Restore hyperparameters and state from `state_dict`, each state array on its
         Param's device. Everything is checked first: a bad dict raises ArgumentError naming
         the first problem and changes nothing."""
-        self._prepare_load(state_dict)()
+        interrupts.call(self._prepare_load(state_dict))
 
     def _prepare_load(self, sd: Any, where: str = "state_dict") -> Callable[[], None]:
         """Validate ``sd`` and copy its arrays to the devices; return the commit to run."""
