@@ -36,14 +36,13 @@ from .update_bn import update_bn
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArgumentError", "ArgumentTypeError", "CoherenceError", "Device", "DeviceError",
-    "DeviceMismatchError", "ExportError", "GradientCheckError", "GraphMismatchError", "LoadError",
-    "ModelSyncError", "MovedError", "Param", "SaveError", "TransferError", "TransferLedger",
-    "available_devices", "backprop", "check_gradients", "detach", "device", "distributed",
-    "export_onnx", "export_rule",
-    "flatten", "graph_id", "interop", "layer", "layers", "load", "load_into", "load_optimizer",
-    "losses", "named_params", "optim", "params", "read_metadata", "save", "state_dict", "sync",
-    "to_device", "to_host", "track_transfers", "train", "transfer_guard",
-    "batches", "datasets",
+    "ArgumentError", "ArgumentTypeError", "Buffer", "CoherenceError", "Device", "DeviceError",
+    "DeviceMismatchError", "ExportError", "GradientCheckError", "GraphMismatchError",
+    "LoadError", "ModelSyncError", "MovedError", "Param", "SaveError", "TransferError",
+    "TransferLedger", "available_devices", "backprop", "batches", "buffer_field", "buffers",
+    "check_gradients", "datasets", "detach", "device", "distributed", "export_onnx",
+    "export_rule", "flatten", "graph_id", "interop", "layer", "layers", "load", "load_into",
+    "load_optimizer", "losses", "named_buffers", "named_params", "optim", "params",
+    "read_metadata", "save", "state_dict", "sync", "to_device", "to_host", "track_transfers",
+    "train", "transfer_guard", "update_bn",
 ]
-__all__ += ["Buffer", "buffer_field", "buffers", "named_buffers", "update_bn"]  # (issue 18)
