@@ -162,11 +162,11 @@ _natural, _positive_int = _int_from(0), _int_from(1)
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
-    if args.ranks is not None:
-        return _launch_ranks(args)
     if args.model != "mlp" and (args.distributed or args.ranks is not None):
         raise ArgumentError(f"--model {args.model} runs in one process; the distributed demo "
                             "(--ranks, --distributed) trains the mlp")
+    if args.ranks is not None:
+        return _launch_ranks(args)
     if args.distributed:
         return _cmd_demo_distributed(args)
     dev, device_line = demo.resolve_device(args.device)

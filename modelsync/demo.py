@@ -30,6 +30,7 @@ from .layers.base import param_device
 from .train import backprop
 from .transfers import TransferLedger, copy_to, track_transfers
 from .tree import graph_id, params
+from .update_bn import update_bn
 from .workloads import HIDDEN as HIDDEN
 from .workloads import WORKLOADS, Workload, build_mlp, workload
 from .xp import namespace
@@ -256,8 +257,6 @@ def run_mode(mode: str, dev: Device, data: tuple[np.ndarray, ...], *, epochs: in
         ema_acc = accuracy(ema, x_test_dev, y_test)
         if work.batchnorm:  # the EMA's statistics recomputed for its own weights
             refreshed = to_device(ema, dev, mode="copy")
-            from . import update_bn  # (resolved after the merge of the buffers work)
-
             update_bn(refreshed, [x for x, _ in batches])
             ema_bn_acc = accuracy(refreshed, x_test_dev, y_test)
         else:

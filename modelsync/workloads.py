@@ -74,7 +74,7 @@ CONTEXT = 64  # tokens per training sequence (and the positional table's length)
 WIDTH = 64
 HEADS = 4
 BLOCKS = 2
-LM_TRAIN_SEQUENCES = 4096
+LM_TRAIN_SEQUENCES = 2048
 LM_VALID_SEQUENCES = 256
 PYDOC_CITATION = "the text of Python's own pydoc_data.topics (the standard library's help)"
 
@@ -150,7 +150,7 @@ WORKLOADS: dict[str, Workload] = {
         "lm", "pydoc-lm", f"character transformer: Embedding({len(VOCAB)}, {WIDTH}) + positions, "
         f"{BLOCKS} pre-norm blocks ({HEADS}-head causal attention, GELU MLP), LayerNorm, "
         "Unembed tied to the Embedding", PYDOC_CITATION,
-        text_sequences, build_lm, epochs=1, lr=3e-3, batch_size=32, language=True),
+        text_sequences, build_lm, epochs=1, lr=3e-3, batch_size=16, language=True),
 }
 
 
