@@ -70,7 +70,7 @@ def build_cnn(seed: int) -> Any:
 #: The characters the language model reads and writes: newline and printable ASCII; any other
 #: character of the text is read as "?".
 VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))
-CONTEXT = 64  # tokens per training sequence (and the positional table's length)
+CONTEXT = 32  # tokens per training sequence (and the positional table's length)
 WIDTH = 64
 HEADS = 4
 BLOCKS = 2
