@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(needs pip install 'modelsync[mpi]')")
     across.add_argument("--ranks", type=_positive_int, default=None, metavar="N",
                         help="launch mpiexec -n N modelsync demo --distributed yourself (the "
-                             "mpiexec next to this Python, else the one on PATH)")
+                             "mpiexec of the MPI mpi4py loads, with the flags it needs as root "
+                             "or with more ranks than cores)")
     _progress_option(demo)
 
     explore = commands.add_parser(
@@ -175,7 +176,7 @@ def _launch_ranks(args: argparse.Namespace) -> int:
     --distributed`` with the same options; its exit status is ours."""
     import subprocess
 
-    from .distributed.launch import find_mpiexec
+    from .distributed.launch import launch_command
 
     options = ["--device", args.device, "--mode", args.mode, "--seed", str(args.seed)]
     if args.epochs is not None:
@@ -184,8 +185,8 @@ def _launch_ranks(args: argparse.Namespace) -> int:
         options += ["--out", args.out]
     if not args.progress:
         options.append("--no-progress")
-    return subprocess.call([find_mpiexec(), "-n", str(args.ranks), sys.executable, "-m",
-                            "modelsync", "demo", "--distributed", *options])
+    return subprocess.call([*launch_command(args.ranks), sys.executable, "-m", "modelsync",
+                            "demo", "--distributed", *options])
 
 
 def _cmd_demo_distributed(args: argparse.Namespace) -> int:

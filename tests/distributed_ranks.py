@@ -365,6 +365,17 @@ def stuck(comm, late: int):
     D.sync(model, comm)
 
 
+def silent(comm, late: int):
+    """Rank ``late`` (the root: a root's small Bcast returns at once) agrees to a broadcast
+    with the others, then never joins its (blocking, watched) Bcast."""
+    model = D.replicate(tied_model() if comm.rank == 0 else None, comm)
+    if comm.rank == late:
+        from modelsync.distributed import transport
+
+        transport._host_bcast = lambda *args: time.sleep(60)
+    D.broadcast(model, comm)
+
+
 def main(argv: list[str]) -> None:
     group, out_dir = argv[1], Path(argv[2])
     timeout = float(argv[3]) if len(argv) > 3 else 30.0
@@ -374,6 +385,9 @@ def main(argv: list[str]) -> None:
         return
     if group.startswith("stuck"):
         stuck(comm, int(group[len("stuck"):]))
+        return
+    if group.startswith("silent"):
+        silent(comm, int(group[len("silent"):]))
         return
     results = {"size": comm.size, "rank": comm.rank}
     for scenario in GROUPS[group]:
