@@ -63,10 +63,11 @@ def cases(settings: Settings) -> list[tuple[str, object]]:
 
 def launch(argv: list[str]) -> int:
     """Start ``mpiexec -n 2`` on this file (rank 0 prints the rows); its exit status."""
-    mpiexec = Path(sys.executable).parent / "mpiexec"
+    from modelsync.distributed.launch import launch_command
+
     # one thread per rank, as MPI jobs run: two ranks' numba pools would fight for 2 cores
     env = {**os.environ, FLAG: "1", "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(mpiexec), "-n", str(RANKS), sys.executable, __file__, *argv],
+    done = subprocess.run([*launch_command(RANKS), sys.executable, __file__, *argv],
                           env=env, timeout=600)
     return done.returncode
 

@@ -94,15 +94,18 @@ class Comm:
         return time.monotonic() + self.timeout + extra
 
     def collective(self, what: str, *, blocking: Callable[[], None],
-                   nonblocking: Callable[[], Any], missing: Callable[[list[int]], str]) -> None:
+                   nonblocking: Callable[[], Any], missing: Callable[[list[int]], str],
+                   deadline: float | None = None) -> None:
         """Run one collective: ``blocking()`` (the MPI's blocking call) under the watchdog,
         or, where there is none, the request ``nonblocking()`` returns, polled (`wait`).
-        Past the deadline the job ends naming ``what`` and ``missing([0])``."""
+        Past ``deadline`` (default: `timeout` from now) the job ends naming ``what`` and
+        ``missing([0])``."""
         watchdog = self.watchdog
+        deadline = self.deadline() if deadline is None else deadline
         if watchdog is None:
-            self.wait([nonblocking()], what, deadline=self.deadline(), missing=missing)
+            self.wait([nonblocking()], what, deadline=deadline, missing=missing)
             return
-        token = watchdog.arm(what, self.deadline(), missing)
+        token = watchdog.arm(what, deadline, missing)
         try:
             blocking()
         finally:
