@@ -113,19 +113,23 @@ class Comm:
 
 
 class Watchdog:
-    """A daemon thread that sleeps until the deadline of the blocking collective now running
-    and, if that collective is still running then, ends the job naming it (`fail_stuck`).
-    Arming and disarming are a lock and two assignments; the thread wakes only at a deadline
-    (or when armed while idle), so a step pays nothing for it while MPI runs at full speed.
-    Its message is built on the thread (``missing`` may itself exchange messages with the
-    other ranks: the MPI was initialized for calls from several threads)."""
+    """A daemon thread that ends the job (`fail_stuck`) when the blocking collective now
+    running is still running at its deadline.
+
+    Arming and disarming are a lock and an assignment, and never wake the thread: it wakes
+    by itself, at the deadline of what was armed when it went to sleep, or ``timeout`` after
+    that if nothing was, and then sleeps towards what is armed now. A later collective's
+    deadline is later still, so it is never missed; the agreements' (``1 + 0.05·timeout``
+    longer on all but rank 0, see `agree`) may be noticed that much late. Waking the thread
+    per collective instead, on a busy machine, made the rank wait for the GIL for
+    milliseconds after every MPI call. Its message is built on the thread (``missing`` may
+    exchange messages with the other ranks: the MPI takes calls from several threads)."""
 
     def __init__(self, comm: Comm) -> None:
         self._comm = comm
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._armed: tuple[int, float, str, Callable[[list[int]], str]] | None = None
         self._count = 0
-        self._until: float | None = None  # the deadline the thread sleeps towards
         self._thread: threading.Thread | None = None
 
     def arm(self, what: str, deadline: float, missing: Callable[[list[int]], str]) -> int:
@@ -136,8 +140,6 @@ class Watchdog:
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name="modelsync-watchdog")
                 self._thread.start()
-            elif self._until is None or deadline < self._until:
-                self._cond.notify()
             return self._count
 
     def disarm(self, token: int) -> None:
@@ -150,15 +152,13 @@ class Watchdog:
         while True:
             with cond:
                 armed = self._armed
+                now = time.monotonic()
                 if armed is None:
-                    self._until = None
-                    cond.wait()
+                    cond.wait(self._comm.timeout)
                     continue
-                token, deadline, what, missing = armed
-                left = deadline - time.monotonic()
-                if left > 0:
-                    self._until = deadline
-                    cond.wait(left)
+                _, deadline, what, missing = armed
+                if deadline > now:
+                    cond.wait(deadline - now)
                     continue
             fail_stuck(self._comm, f"{what}: {missing([0])}")  # (does not return)
 
