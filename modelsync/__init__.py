@@ -1,7 +1,8 @@
 """modelsync: small neural-network models whose Params live on the host (NumPy), a GPU (CuPy)
 or a simulated device, and cross between them as a copy, a move or a wrapper."""
 
-from . import distributed, interop, layers, losses, optim
+from . import datasets, distributed, interop, layers, losses, optim
+from .batching import batches
 from .convert import detach, sync, to_device, to_host
 from .devices import Device, available_devices, device
 from .errors import (
@@ -41,4 +42,5 @@ __all__ = [
     "flatten", "graph_id", "interop", "layer", "layers", "load", "load_into", "load_optimizer",
     "losses", "named_params", "optim", "params", "read_metadata", "save", "state_dict", "sync",
     "to_device", "to_host", "track_transfers", "train", "transfer_guard",
+    "batches", "datasets",
 ]

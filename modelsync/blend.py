@@ -6,7 +6,8 @@ temporaries. Here the host runs one compiled loop (`modelsync.kernels`: numba, e
 ufuncs with ``out=`` over cache-sized chunks), a GPU one ``ElementwiseKernel``; the simulated
 device, whose arrays take no ``out=``, computes the formula itself. Every form gives the
 formula's bits: ``tau`` and ``1 - tau`` rounded to the arrays' dtype (as NumPy casts a Python
-float), each product and the sum rounded once, no fused multiply-add.
+float), each product and the sum rounded once to that dtype (float16 too), no fused
+multiply-add. The GPU form runs with its arrays' GPU current (`modelsync.kernels.cuda`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ def blend_loop(dst: Any, src: Any, t: Any, c: Any) -> None:  # pragma: no cover 
         dst[i] = t * src[i] + c * dst[i]
 
 
-_CUDA = Elementwise("blend", "T s, T t, T c", "T d", "d = t * s + c * d")
+#: ``T(...)`` rounds each product and the sum to the arrays' dtype: CuPy's ``float16`` has no
+#: arithmetic of its own (an operation on it runs in float32), so without the casts a float16
+#: statement would round once where the host rounds after every operation. For float32 and
+#: float64 the casts change nothing.
+_CUDA = Elementwise("blend", "T s, T t, T c", "T d", "d = T(T(t * s) + T(c * d));")
 
 
 class Blend:
@@ -50,7 +55,7 @@ class Blend:
         if type(dst) is np.ndarray:
             self._host(dst, src)
         elif type(dst).__module__.startswith("cupy"):
-            _CUDA(src, *self._in(dst.dtype), dst)
+            _CUDA(src, *self._in(dst.dtype), dst)  # (launched on src's GPU, made current)
         else:
             dst[...] = tau * src + (1.0 - tau) * dst  # sim: the array API has no out=
 

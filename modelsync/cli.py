@@ -8,6 +8,7 @@ line on stderr, ``modelsync: error: ...``, and a non-zero exit status, never a t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -17,6 +18,7 @@ from .errors import ModelSyncError
 PROG = "modelsync"
 EXIT_ERROR = 1  # the library refused (bad device, unwritable folder, unreadable file)
 EXIT_USAGE = 2  # the command line itself was wrong (argparse's convention)
+EXIT_BROKEN_PIPE = 128 + 13  # the reader closed the pipe (`| head`): a SIGPIPE's status
 
 
 class UsageError(Exception):
@@ -64,9 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "of the data: run as mpiexec -n N modelsync demo --distributed "
                              "(needs pip install 'modelsync[mpi]')")
     across.add_argument("--ranks", type=_positive_int, default=None, metavar="N",
-                        help="launch mpiexec -n N modelsync demo --distributed yourself (the "
+                        help="run the distributed demo on N processes: launches mpiexec -n N "
+                             "modelsync demo --distributed for you, with the same options (the "
                              "mpiexec of the MPI mpi4py loads, with the flags it needs as root "
-                             "or with more ranks than cores)")
+                             "or with more ranks than cores; needs pip install "
+                             "'modelsync[mpi]')")
     _progress_option(demo)
 
     explore = commands.add_parser(
@@ -191,6 +195,7 @@ def _launch_ranks(args: argparse.Namespace) -> int:
 
 def _cmd_demo_distributed(args: argparse.Namespace) -> int:
     from . import demo
+    from .demo import ranks_text
     from .distributed import init
     from .distributed.demo import rank_device, run
 
@@ -199,7 +204,7 @@ def _cmd_demo_distributed(args: argparse.Namespace) -> int:
         demo.check_writable_dir(args.out, label="--out")
     _, device_line = rank_device(comm, args.device)
     if comm.rank == 0:
-        print(f"{device_line}; {comm.size} ranks", flush=True)
+        print(f"{device_line}; {ranks_text(comm.size)}", flush=True)
     rows = run(comm, dev=args.device, modes=args.mode, epochs=args.epochs or demo.DEFAULT_EPOCHS,
                out=args.out, progress=args.progress, seed=args.seed,
                log=lambda line: print(line, flush=True))
@@ -266,13 +271,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # (a closed pipe shows here, not in the interpreter's exit flush)
+        return status
+    except BrokenPipeError:  # `modelsync inspect FILE | head -3`: the reader is done
+        return _quiet_broken_pipe()
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except (ModelSyncError, ValueError, TypeError, OSError) as exc:
         return _fail(_one_line(exc), EXIT_ERROR)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+
+
+def _quiet_broken_pipe() -> int:
+    """End as Unix tools do when their reader closes the pipe: no message, the status of a
+    process ended by SIGPIPE (128 + 13). Standard output is pointed at /dev/null first, so
+    the interpreter's own flush at exit cannot fail again and print a warning."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # (stdout replaced, e.g. by a test harness)
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 def _one_line(exc: BaseException) -> str:

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from . import coherence, flat
+from . import coherence, flat, interrupts
 from .devices import HOST, Device, device, is_array
-from .errors import ArgumentError, CoherenceError
+from .errors import ArgumentError, ArgumentTypeError, CoherenceError
 from .params import Param
 from .rebuild import rebuild
 from .syncing import sync as sync  # (re-exported: `from .convert import sync` still works)
@@ -35,26 +35,38 @@ from .tree import (
 MODES = ("copy", "move", "wrap")
 
 
+@interrupts.holding
 def to_device(model: Any, device: Device | str = "auto", *, mode: str = "copy") -> Any:
     """Convert ``model`` for ``device`` as a copy, a move or a wrapper (see the module doc).
 
     A plain array (a data batch) is moved too, counted as data: ``to_device(x, "cuda")``.
     """
     _check_mode(mode)
+    if isinstance(model, (list, tuple)) and any(is_layer(m) for m in model):
+        raise ArgumentTypeError(
+            f"model is a {type(model).__name__} of models; convert one model at a time "
+            "([ms.to_device(m, device) for m in models]), or hold them in one "
+            "layers.Chain")
     if not is_layer(model) and (is_array(model) or isinstance(model, (list, tuple, np.generic))):
         if mode != "copy":
             raise ArgumentError(f"mode={mode!r} applies to models; an array is always copied")
         return to_device_array(model, device)
     require_model(model)
-    target = _device(device)
+    return _convert(model, _device(device), mode, "to_device")
+
+
+def _convert(model: Any, target: Device, mode: str, caller: str) -> Any:
+    """The conversion, its transfers recorded with ``caller``'s name as their reason."""
+    reason = f"{caller}(mode={mode!r})"
     if mode == "copy":
-        return _copy(model, target)
+        return _copy(model, target, reason)
     if mode == "move":
         coherence.check_unlinked(model, "move")
-        return _move(model, target)
-    return _wrap(model, target)
+        return _move(model, target, reason)
+    return _wrap(model, target, reason)
 
 
+@interrupts.holding
 def to_host(model: Any, *, mode: str = "copy") -> Any:
     """Convert ``model`` for the host; a wrapper gives back its original, brought up to date.
     A plain array is copied to the host (counted as data)."""
@@ -64,7 +76,7 @@ def to_host(model: Any, *, mode: str = "copy") -> Any:
     require_model(model)
     wrapping = coherence.wrapping_of(model)
     if wrapping is None:
-        return to_device(model, HOST, mode=mode)
+        return _convert(model, HOST, mode, "to_host")
     if mode == "move":
         raise CoherenceError("cannot move a wrapper; ms.to_host(wrapper) returns its original, "
                              "or call ms.detach(wrapper) first")
@@ -72,6 +84,7 @@ def to_host(model: Any, *, mode: str = "copy") -> Any:
     return wrapping.original
 
 
+@interrupts.holding
 def detach(wrapper: Any) -> Any:
     """Make ``wrapper`` an independent copy: pending device updates are first written back to
     the original, then the link is cut. Returns ``wrapper``."""
@@ -94,8 +107,8 @@ def _device(spec: Device | str) -> Device:
     return device(spec)
 
 
-def _copy(model: Any, target: Device) -> Any:
-    twins = _flat_twins(model, target, "to_device(mode='copy')")
+def _copy(model: Any, target: Device, reason: str = "to_device(mode='copy')") -> Any:
+    twins = _flat_twins(model, target, reason)
     return rebuild(model, _made_already, twins)
 
 
@@ -142,8 +155,7 @@ def _layout(model: Any) -> Layout:
     return layout
 
 
-def _move(model: Any, target: Device) -> Any:
-    reason = "to_device(mode='move')"
+def _move(model: Any, target: Device, reason: str = "to_device(mode='move')") -> Any:
     # Copy everything first: if one transfer fails, no Param has changed yet.
     staged = []
     for group in flat.group_by_dtype(params(model)).values():
@@ -160,9 +172,9 @@ def _move(model: Any, target: Device) -> Any:
     return moved
 
 
-def _wrap(model: Any, target: Device) -> Any:
+def _wrap(model: Any, target: Device, reason: str = "to_device(mode='wrap')") -> Any:
     coherence.check_unlinked(model, "wrap")
-    twins = _flat_twins(model, target, "to_device(mode='wrap')")
+    twins = _flat_twins(model, target, reason)
     wrapper = rebuild(model, _made_already, dict(twins))  # (before linking: it may still fail)
     wrapping = coherence.link_params(model, twins)
     coherence.register_wrapper(wrapper, wrapping)

@@ -166,7 +166,7 @@ def run_demo(*, dev: Device | str = "auto", modes: str | Sequence[str] = "all",
             row = run_mode(mode, target, data, epochs=epochs, folder=folder,
                            progress=progress, seed=seed)
             say(f"{mode}: {row.steps} steps in {row.train_seconds:.2f} s, test accuracy "
-                f"{row.accuracy:.3f}, {row.bytes_per_step:g} bytes per step")
+                f"{row.accuracy:.3f}, {format_bytes(row.bytes_per_step)} per step")
             rows.append(row)
     return rows
 
@@ -245,6 +245,11 @@ def run_mode(mode: str, dev: Device, data: tuple[np.ndarray, ...], *, epochs: in
 
 
 # -- printing ---------------------------------------------------------------------------------
+def ranks_text(n: int) -> str:
+    """``1`` -> ``"1 rank"``, ``4`` -> ``"4 ranks"``."""
+    return f"{n} rank" if n == 1 else f"{n} ranks"
+
+
 def format_bytes(n: float) -> str:
     """``38440`` -> ``"37.5 KiB"`` (binary units, as ``modelsync inspect`` prints), ``0`` ->
     ``"0 B"``; a fraction of a byte (an average) keeps one decimal."""
@@ -305,7 +310,7 @@ def summary_lines(rows: Sequence[DemoRow], *, kept: bool) -> list[str]:
         f"predicted classes {format_bytes(phases['evaluate'][1])}")
     if first.ranks:
         notes.append(
-            f"{first.ranks} ranks (one process each), DataParallel on shards of every global "
+            f"{ranks_text(first.ranks)} (one process each), DataParallel on shards of every global "
             "batch; across/step: gradient bytes each rank sent per step (one Allreduce), from "
             "the same ledger; the file is written once, by rank 0")
         if first.bytes_per_step:

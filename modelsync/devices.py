@@ -7,6 +7,7 @@ Copying *between* devices is not done here: that is `modelsync.transfers`' one j
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from typing import Any
@@ -49,6 +50,29 @@ class Device:
 
 
 HOST = Device("host", 0)
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def on_device(dev: Device | None) -> Any:
+    """The context in which work for ``dev`` runs: ``with on_device(dev): ...``.
+
+    The one rule for CuPy, kept here: every CuPy allocation and kernel launch runs with its
+    target GPU current, since CuPy allocates and launches on the *current* GPU (``cuda:0``
+    unless told otherwise), whatever device the arrays it is handed live on. For a CUDA
+    device this is ``cupy.cuda.Device(index)``; for the host, the simulated devices (whose
+    arrays are placed by ``device=``) and None it does nothing."""
+    if dev is None or dev.kind != "cuda":
+        return _NO_CONTEXT
+    return _cupy().cuda.Device(dev.index)
+
+
+def on_array_device(array: Any) -> Any:
+    """`on_device` of the device ``array`` lives on (a CuPy array's own ``cupy.cuda.Device``;
+    nothing for any other array or object): for loops over many arrays, where asking each
+    one's `Device` would cost more than the check."""
+    if type(array) is np.ndarray or not type(array).__module__.startswith("cupy"):
+        return _NO_CONTEXT
+    return array.device
 _CHECKED: set[Device] = {HOST}  # Device objects already known to be usable here
 
 

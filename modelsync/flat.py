@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from . import params as params_module
-from .devices import Device, device_of, dtype_name
+from .devices import Device, device_of, dtype_name, on_device
 from .params import Param
 from .transfers import copy_to
-from .xp import concat_flat
+from .xp import concat_on
 
 
 class FlatStore:
@@ -94,11 +94,9 @@ class FlatStore:
             buffer = self.buffer
             if isinstance(buffer, np.ndarray):
                 grads = np.zeros_like(buffer)
-            elif self.device.kind == "cuda":
-                with self.device.native:  # (CuPy allocates on the current GPU)
-                    grads = self.device.xp.zeros_like(buffer)
             else:
-                grads = self.device.xp.zeros_like(buffer)
+                with on_device(self.device):  # (CuPy allocates on the current GPU)
+                    grads = self.device.xp.zeros_like(buffer)
             members = self.members
             views = _views_of(grads, self.offsets, self.sizes,
                               [p.shape if p is not None else (n,) for p, n in
@@ -201,7 +199,7 @@ def gather(group: Sequence[Param], read: Callable[[Param], Any]) -> Any:
     store = intact_store(group)
     if store is not None:
         return store_values(store, group, read)
-    return concat_flat([read(p) for p in group])
+    return concat_on([read(p) for p in group], group[0].device)
 
 
 def store_values(store: FlatStore, group: Sequence[Param], read: Callable[[Param], Any]) -> Any:
@@ -222,10 +220,10 @@ def copy_flat(group: Sequence[Param], target: Device, *, reason: str,
     if source is None:
         devices = {p.device for p in group}
         if len(devices) > 1:
-            return concat_flat([copy_to(read(p), target, reason=reason) for p in group])
+            return concat_on([copy_to(read(p), target, reason=reason) for p in group], target)
         source = devices.pop()
     if source == target and intact_store(group) is None:
-        return concat_flat([read(p) for p in group])  # (already a new buffer on target)
+        return concat_on([read(p) for p in group], target)  # (already a new buffer on target)
     return copy_to(gather(group, read), target, reason=reason)
 
 

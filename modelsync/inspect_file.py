@@ -14,7 +14,7 @@ from .io.modelfile import is_modelsync, read_model_file
 
 def inspect_text(path: Any) -> str:
     """A readable report of the file at ``path``; LoadError (one line) for a bad file."""
-    raw = read(path, header_only=True)
+    raw = read(path)
     if not is_modelsync(raw):
         return _foreign(raw)
     mf = read_model_file(raw, require_registered=False)

@@ -18,15 +18,29 @@ import numpy as np
 from .devices import HOST, device_of
 from .errors import ArgumentError, ArgumentTypeError
 from .io.names import check_names, keyed_places
-from .layers import Chain, Dense, Embedding, LayerNorm
+from .layers import (
+    GRU,
+    LSTM,
+    Chain,
+    Conv1d,
+    Conv2d,
+    Dense,
+    Embedding,
+    LayerNorm,
+    MultiHeadAttention,
+    RMSNorm,
+)
 from .params import Param
 from .transfers import copy_to
 from .tree import layer_name, require_model, walk
 
 __all__ = ["state_dict", "torch_sequential_names"]
 
-#: Layers whose Params carry PyTorch's names for them (``weight``, ``bias``).
-_SAME_NAMES = (Dense, LayerNorm, Embedding)
+#: Layers whose Params carry PyTorch's names for them (``weight``, ``bias``; ``in_proj_weight``
+#: and ``out_proj.weight`` of ``nn.MultiheadAttention``; ``weight_ih_l0`` ... of ``nn.GRU``
+#: and ``nn.LSTM``), in PyTorch's layouts.
+_SAME_NAMES = (Dense, LayerNorm, Embedding, Conv1d, Conv2d, RMSNorm, MultiHeadAttention, GRU,
+               LSTM)
 
 
 def state_dict(model: Any, *, names: Mapping[str, str] | Callable[[str], str] | None = None
@@ -75,10 +89,11 @@ def torch_sequential_names(model: Any) -> dict[str, str]:
     PyTorch numbers every module, parameterless ones too; modelsync's `Dense` carries its
     activation. So each `Dense` with an activation stands for two modules (``nn.Linear``
     then the activation), and every other layer for one: `Dense` without activation,
-    `LayerNorm`, `Embedding`, an activation layer, `Dropout` or any other layer without
-    Params. A nested `Chain` is a nested ``nn.Sequential``. A single `Dense`, `LayerNorm`
-    or `Embedding` (an ``nn.Linear``, ...) maps to its own names. Any other layer holding
-    Params is an ArgumentError: write its names yourself (a dict or a function).
+    `LayerNorm`, `RMSNorm`, `Embedding`, `MultiHeadAttention`, `GRU`, `LSTM` (and the
+    convolutions and BatchNorm), an activation layer, `Dropout` or any other layer without
+    Params (pools, `Flatten`). A nested `Chain` is a nested ``nn.Sequential``. A single such
+    layer (an ``nn.Linear``, ...) maps to its own names. Any other layer holding Params is
+    an ArgumentError: write its names yourself (a dict or a function).
     """
     require_model(model)
     if isinstance(model, _SAME_NAMES):
@@ -86,7 +101,8 @@ def torch_sequential_names(model: Any) -> dict[str, str]:
     if not isinstance(model, Chain):
         raise ArgumentTypeError(
             f"model is a {layer_name(model)}; torch_sequential_names maps a layers.Chain (an "
-            "nn.Sequential) or a single Dense, LayerNorm or Embedding")
+            "nn.Sequential) or a single layer with a PyTorch twin ("
+            f"{', '.join(t.__name__ for t in _SAME_NAMES)})")
     out: dict[str, str] = {}
     _sequential(model, "", "", out)
     return out
@@ -103,9 +119,10 @@ def _sequential(chain: Chain, ours: str, theirs: str, out: dict[str, str]) -> No
             if found and not isinstance(child, _SAME_NAMES):
                 raise ArgumentError(
                     f"{here} is a {layer_name(child)} with Params, which has no known PyTorch "
-                    "twin (torch_sequential_names knows Dense, LayerNorm, Embedding, Chain and "
-                    "layers without Params); write this model's names yourself, as a dict or a "
-                    "function from its paths to the torch keys")
+                    "twin (torch_sequential_names knows "
+                    f"{', '.join(t.__name__ for t in _SAME_NAMES)}, Chain and layers without "
+                    "Params); write this model's names yourself, as a dict or a function from "
+                    "its paths to the torch keys")
             for path in found:
                 out[path] = there + path[len(here):]
         index += 2 if isinstance(child, Dense) and child.activation is not None else 1

@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .devices import device_of
+from .devices import device_of, dtype_name
 from .errors import ArgumentError, DeviceMismatchError
 from .xp import namespace
 
@@ -62,7 +62,8 @@ def _cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
             f"cross_entropy: expected logits (batch, classes) and integer labels (batch,), got "
             f"{tuple(logits.shape)} and {tuple(labels.shape)}")
     if not xp.isdtype(labels.dtype, "integral"):
-        raise ArgumentError(f"cross_entropy: labels have dtype {labels.dtype}, expected integers")
+        raise ArgumentError(f"cross_entropy: labels have dtype {dtype_name(labels.dtype)}, "
+                            "expected integers (class indices, e.g. int64)")
     if logits.shape[0] == 0:  # like torch: an empty batch has a NaN mean, no gradient
         return xp.sum(logits) * float("nan"), xp.zeros_like(logits)
     batch, classes = logits.shape

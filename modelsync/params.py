@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .devices import Device, device_of, dtype_name, is_array, nbytes_of
+from .devices import Device, device_of, dtype_name, is_array, nbytes_of, on_device
 from .errors import ArgumentError, ArgumentTypeError, DeviceMismatchError
 from .transfers import copy_to
 from .watch import changed
@@ -205,13 +205,15 @@ class Param:
     def __deepcopy__(self, memo: dict[int, Any]) -> Param:
         """``copy.deepcopy`` (of a model, e.g. a target network): a Param with its own copy of
         the current values and gradient, in no flat store and linked to nothing."""
-        data = self.value
-        twin = Param.in_store(data.copy() if hasattr(data, "copy") else self._device.xp.asarray(
-            data, copy=True), self._device, name=self.name, origin=self.origin, store=None)
-        if self._grad is not None:
-            grad = self._grad
-            twin._grad = grad.copy() if hasattr(grad, "copy") else self._device.xp.asarray(
-                grad, copy=True)
+        xp = self._device.xp
+        with on_device(self._device):  # (CuPy copies onto the current GPU)
+            data = self.value
+            twin = Param.in_store(data.copy() if hasattr(data, "copy") else xp.asarray(
+                data, copy=True), self._device, name=self.name, origin=self.origin, store=None)
+            if self._grad is not None:
+                grad = self._grad
+                twin._grad = grad.copy() if hasattr(grad, "copy") else xp.asarray(
+                    grad, copy=True)
         memo[id(self)] = twin
         return twin
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from . import coherence, flat
+from . import coherence, flat, interrupts
 from .blend import Blend
 from .checks import match_check, soft_tau
-from .devices import HOST, Device, device_of, dtype_name
+from .devices import HOST, Device, device_of, dtype_name, on_array_device
 from .errors import ArgumentError, GraphMismatchError
 from .identity import IdentityMap
 from .params import Param
@@ -31,6 +31,7 @@ from .xp import concat_flat, concat_into
 SCATTER_BELOW = 4096
 
 
+@interrupts.holding
 def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
     """Copy ``src``'s parameter values into ``dst`` in place, across devices; with ``tau < 1``
     a soft update ``dst = tau*src + (1-tau)*dst``. Validates everything before writing, so a
@@ -55,7 +56,8 @@ def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
             d.writable(overwrite=tau == 1.0)  # wrap mode: this side becomes the newest
     blend = Blend(tau) if tau != 1.0 else None
     for _, storage, values in staged:
-        _write(storage, values, blend)
+        with on_array_device(storage):  # (CuPy writes on the current GPU: make it dst's)
+            _write(storage, values, blend)
     return dst
 
 

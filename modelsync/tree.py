@@ -24,6 +24,8 @@ _REGISTRY: dict[str, type] = {}
 LAYER_TYPES: set[type] = set()  # the registered classes, for an O(1) is_layer
 PLAIN_CONFIG = frozenset({int, float, str, bool, type(None)})  # configuration kept as it is
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # each layer class's attrs field names
+_TWIN_OF: dict[type, type] = {}  # each registered class -> its moved twin (`_moved_class`)
+_MOVED_TWINS: set[type] = set()  # the twins
 
 def register_layer(cls: type, name: str | None = None) -> type:
     """Record ``cls`` under ``name`` (default: its class name) so `ms.load` can rebuild it."""
@@ -64,7 +66,8 @@ def layer_name(node: Any) -> str:
 
 
 def is_layer(value: Any) -> bool:
-    return type(value) in LAYER_TYPES
+    kind = type(value)
+    return kind in LAYER_TYPES or kind in _MOVED_TWINS  # (a moved layer is still a layer)
 
 
 def field_names(cls: type) -> tuple[str, ...]:
@@ -86,12 +89,31 @@ def is_container(value: Any) -> bool:
         isinstance(v, Param) or is_layer(v) or is_container(v) for v in value)
 
 
+def described(value: Any) -> str:
+    """What ``value`` is, for a message about a misplaced argument: "a model (Chain)", "an
+    optimizer (Adam)", "a list of Params", else "a <type>"."""
+    if is_layer(value):
+        return f"a model ({layer_name(value)})"
+    if callable(getattr(value, "step", None)) and callable(getattr(value, "zero_grad", None)):
+        return f"an optimizer ({type(value).__name__})"
+    if isinstance(value, (list, tuple)) and value and all(type(v) is Param for v in value):
+        return f"a {type(value).__name__} of Params".replace("ParamList", "list")
+    return f"a {type(value).__name__}"
+
+
 def require_model(model: Any, argument: str = "model") -> None:
     """TypeError unless ``model`` is a registered layer; MovedError if it was moved away."""
     if not is_layer(model):
+        kind = described(model)
+        hint = ""
+        if kind.startswith(("an optimizer", "a list of Params", "a tuple of Params")):
+            hint = ("; pass the model itself (an optimizer, or ms.params(model), holds only its "
+                    "Params)")
+        elif isinstance(model, (list, tuple)) and any(is_layer(v) for v in model):
+            hint = "; pass one model (a Chain holds several layers: layers.Chain(a, b))"
         raise ArgumentTypeError(
-            f"{argument} is a {type(model).__name__}; expected a model: a tree of layers "
-            "registered with @ms.layer")
+            f"{argument} is {kind}; expected a model: a tree of layers registered with "
+            f"@ms.layer{hint}")
     check_not_moved(model)
     moved = cache_of(model).moved
     if moved is not None:
@@ -180,8 +202,20 @@ def cache_of(model: Any) -> Walked:
 
 def _walk_layer(node: Any, prefix: str, found: list[tuple[str, Any]], tracked: list[Any],
                 watchable: list[bool]) -> None:
+    if type(node) in _MOVED_TWINS:
+        _walk_moved(node, prefix, found, tracked, watchable)
+        return
     for name in field_names(type(node)):
         _walk_value(getattr(node, name), prefix + name, found, tracked, watchable)
+
+
+def _walk_moved(node: Any, prefix: str, found: list[tuple[str, Any]], tracked: list[Any],
+                watchable: list[bool], _get: Any = object.__getattribute__) -> None:
+    """`_walk_layer` of a moved layer, which refuses getattr: object's own lookup reads its
+    fields, so the walk of a model that holds it can say where it went. (Slower than
+    getattr, so live layers do not take this path.)"""
+    for name in field_names(type(node)):
+        _walk_value(_get(node, name), prefix + name, found, tracked, watchable)
 
 
 def _walk_value(value: Any, path: str, found: list[tuple[str, Any]], tracked: list[Any],
@@ -194,6 +228,9 @@ def _walk_value(value: Any, path: str, found: list[tuple[str, Any]], tracked: li
         _walk_layer(value, path + ".", found, tracked, watchable)
     elif kind in PLAIN_CONFIG:
         pass
+    elif kind in _MOVED_TWINS:  # a moved layer: walked, so the model holding it says so
+        found.append((path, value))
+        _walk_moved(value, path + ".", found, tracked, watchable)
     else:
         if kind is TrackedList:
             tracked.append(value)
@@ -218,6 +255,7 @@ class ParamList(list):
 
     paths: list[str]
     path_of: dict[int, str]
+    owner: str  # the model's layer name, for messages ("Chain")
 
 
 def params(model: Any) -> ParamList:
@@ -226,6 +264,7 @@ def params(model: Any) -> ParamList:
     found = ParamList(named.values())
     found.paths = list(named)
     found.path_of = {id(p): path for path, p in named.items()}
+    found.owner = layer_name(model)
     return found
 
 
@@ -305,12 +344,22 @@ _moved: IdentityMap[str] = IdentityMap()
 
 
 def mark_moved(model: Any, where: str) -> None:
-    """Make every layer of ``model`` refuse use from now on: its Params went to ``where``."""
+    """Make every layer of ``model`` refuse use from now on: its Params went to ``where``.
+
+    Each layer also becomes an instance of its class's moved twin (`_moved_class`), whose
+    attribute access raises MovedError: ``orig.layers``, ``orig[0].weight``, ``len(orig)``.
+    Live layers keep their own class, so the guard costs their hot paths nothing."""
     nodes = [model] + [node for _, node in walk(model) if is_layer(node)]
     for node in nodes:
         _moved.set(node, where)  # (registered layers take weak references)
     for node in nodes:
         changed(node)  # the walks that hold these layers must now say so
+    for node in nodes:
+        if type(node) not in _MOVED_TWINS:
+            try:
+                object.__setattr__(node, "__class__", _moved_class(type(node)))
+            except TypeError:  # (a layout or metaclass that refuses it: the marks still hold)
+                pass
 
 
 def check_not_moved(model: Any) -> None:
@@ -320,6 +369,49 @@ def check_not_moved(model: Any) -> None:
         raise MovedError(
             f"this {layer_name(model)} was moved to {where} by to_device(mode=\"move\") and "
             "no longer owns its Params; use the model that to_device returned")
+
+
+def _moved_class(cls: type) -> type:
+    """``cls``'s moved twin: a subclass with the same layout (so ``__class__`` can be set)
+    whose every non-dunder attribute read, write and delete raises MovedError, and whose
+    repr says where the Params went. ``is_layer`` and the walk know the twins (not as
+    LAYER_TYPES: a snapshot of the registry must not lose them), so ``require_model`` and
+    the walk of a model that holds one report the move."""
+    twin = _TWIN_OF.get(cls)
+    if twin is None:
+        twin = type(cls)(cls.__name__, (cls,), {
+            "__slots__": (), "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "__getattribute__": _refusing_getattribute, "__setattr__": _refusing_setattr,
+            "__delattr__": _refusing_delattr, "__repr__": _moved_repr})
+        _TWIN_OF[cls] = twin
+        _MOVED_TWINS.add(twin)
+        _FIELD_NAMES[twin] = field_names(cls)
+    return twin
+
+
+def _refusing_getattribute(self: Any, name: str) -> Any:
+    if name[:2] == "__":  # (type(x), isinstance and the copy/pickle guards look these up)
+        return object.__getattribute__(self, name)
+    raise _moved_error(self, f"reading .{name} of")
+
+
+def _refusing_setattr(self: Any, name: str, value: Any) -> None:
+    raise _moved_error(self, f"setting .{name} of")
+
+
+def _refusing_delattr(self: Any, name: str) -> None:
+    raise _moved_error(self, f"deleting .{name} of")
+
+
+def _moved_repr(self: Any) -> str:
+    return f"{layer_name(self)}(<moved to {_moved.get(self, '?')}>)"
+
+
+def _moved_error(node: Any, doing: str) -> MovedError:
+    return MovedError(
+        f"{doing} this {layer_name(node)}: it was moved to {_moved.get(node, '?')} by "
+        "to_device(mode=\"move\") and no longer owns its Params or layers; use the model "
+        "that to_device returned")
 
 
 def _refuse_copies_when_moved(cls: type) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from array_api_compat import array_namespace
 
+from .devices import on_array_device, on_device
+
 
 def namespace(*arrays: Any) -> Any:
     """The array-API namespace that computes on ``arrays`` (NumPy, CuPy or array_api_strict)."""
@@ -31,10 +33,8 @@ def concat_flat(arrays: Any) -> Any:
 def concat_on(arrays: Any, device: Any) -> Any:
     """`concat_flat` of ``arrays`` (all on ``device``, a `Device`) with that device current:
     CuPy allocates on the current GPU, so a CUDA device is entered first."""
-    if device.kind == "cuda":
-        with device.native:
-            return concat_flat(arrays)
-    return concat_flat(arrays)
+    with on_device(device):
+        return concat_flat(arrays)
 
 
 def zeros_on(device: Any, shape: Any, dtype: Any) -> Any:
@@ -52,7 +52,7 @@ def _new_on(how: str, device: Any, shape: Any, dtype: Any) -> Any:
         return getattr(np, how)(shape, dtype=dtype)
     make = getattr(device.xp, how)
     if device.kind == "cuda":
-        with device.native:
+        with on_device(device):
             return make(shape, dtype=dtype)
     return make(shape, dtype=dtype, device=device.native)
 
@@ -66,7 +66,7 @@ def concat_into(arrays: Any, out: Any) -> None:
     if type(out).__module__.startswith("cupy"):
         import cupy
 
-        with cupy.cuda.Device(out.device.id):
+        with on_array_device(out):
             cupy.concatenate(arrays, axis=None, out=out)
         return
     out[...] = concat_flat(arrays)  # sim: the array API has no out=

@@ -15,8 +15,10 @@ settings.register_profile(
 settings.load_profile("ci")
 
 GPU_COUNT, GPU_WHY = cuda_status()
-DEVICE_SPECS = ["host", "sim:1", pytest.param(
-    "cuda:0", marks=pytest.mark.skipif(GPU_COUNT == 0, reason=f"no GPU: {GPU_WHY}"))]
+#: What every test that needs CUDA carries: selected by ``pytest -m gpu``, skipped (saying
+#: why) where no GPU is usable.
+NEEDS_GPU = [pytest.mark.gpu, pytest.mark.skipif(GPU_COUNT == 0, reason=f"no GPU: {GPU_WHY}")]
+DEVICE_SPECS = ["host", "sim:1", pytest.param("cuda:0", marks=NEEDS_GPU)]
 
 
 @pytest.fixture(params=DEVICE_SPECS)

@@ -376,6 +376,20 @@ def silent(comm, late: int):
     D.broadcast(model, comm)
 
 
+def lost(comm, late: int):
+    """Rank ``late`` agrees to a DataParallel step with the others, then stops inside its
+    gradient Allreduce."""
+    model = D.replicate(tied_model() if comm.rank == 0 else None, comm)
+    for p in ms.params(model):
+        p.grad = np.ones_like(p.value)
+    opt = D.DataParallel(optim.SGD(ms.params(model), lr=0.1), comm)
+    if comm.rank == late:
+        from modelsync.distributed import transport
+
+        transport._host_sum = lambda *args: time.sleep(60)
+    opt.step()
+
+
 def main(argv: list[str]) -> None:
     group, out_dir = argv[1], Path(argv[2])
     timeout = float(argv[3]) if len(argv) > 3 else 30.0
@@ -388,6 +402,9 @@ def main(argv: list[str]) -> None:
         return
     if group.startswith("silent"):
         silent(comm, int(group[len("silent"):]))
+        return
+    if group.startswith("lost"):
+        lost(comm, int(group[len("lost"):]))
         return
     results = {"size": comm.size, "rank": comm.rank}
     for scenario in GROUPS[group]:

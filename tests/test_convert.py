@@ -637,8 +637,9 @@ def test_a_moved_model_cannot_be_copied_or_pickled(how):
     import pickle
 
     original = build()
+    inner = original.layers[0]  # (taken before the move: a moved model refuses .layers)
     moved = ms.to_device(original, "sim:1", mode="move")
-    holder = layers.Chain(original.layers[0])  # a model holding a moved layer
+    holder = layers.Chain(inner)  # a model holding a moved layer
     copier = {"deepcopy": copy.deepcopy, "copy": copy.copy, "pickle": pickle.dumps}[how]
     for model in (original, holder):
         if how == "copy" and model is holder:  # a shallow copy holds the same moved layer

@@ -121,6 +121,7 @@ def test_cuda_status_without_gpu_explains() -> None:
     assert (why == "") == (count > 0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(GPU_COUNT == 0, reason=f"no GPU: {GPU_WHY}")
 def test_cuda_index_out_of_range_says_so() -> None:
     with pytest.raises(ms.DeviceError, match="out of range"):

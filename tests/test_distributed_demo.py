@@ -59,7 +59,8 @@ def test_ranks_2_matches_one_process_on_the_global_batch(one_process, tmp_path):
 def test_distributed_without_mpiexec_is_a_world_of_one(capsys):
     assert main([*ARGS, "--distributed"]) == 0
     out = capsys.readouterr().out
-    assert "1 ranks" in out and re.search(r"^copy .* 0 B$", out, re.M)
+    assert "1 rank (one process each)" in out and re.search(r"^copy .* 0 B$", out, re.M)
+    assert "1 ranks" not in out
 
 
 def test_ranks_and_distributed_exclude_each_other(capsys):

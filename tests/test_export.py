@@ -50,9 +50,43 @@ CASES = {
         layers.Parallel("mul", layers.Dense(4, 3, seed=7), layers.Dense(4, 3, "tanh", seed=8)),
         layers.Parallel("concat", layers.Dense(3, 2, seed=9), layers.LayerNorm(3))),
         lambda: _floats(7, 6)),
+    "rmsnorm_attention": (lambda: layers.Chain(
+        layers.Dense(8, 16, seed=0), layers.RMSNorm(16),
+        layers.MultiHeadAttention(16, 4, seed=1),
+        layers.MultiHeadAttention(16, 2, bias=False, causal=True, seed=2)),
+        lambda: _floats(7, 5, 8)),
+    "language_model": (lambda: _tiny_lm(), lambda: _tokens(7, 6)),
+    "gru_lstm": (lambda: layers.Chain(
+        layers.GRU(4, 6, seed=0), layers.LSTM(6, 5, seed=1), layers.GRU(5, 3, bias=False, seed=2),
+        layers.LSTM(3, 4, bias=False, seed=3), layers.LastStep(), layers.Dense(4, 2, seed=4)),
+        lambda: _floats(7, 5, 4)),
+    "conv_pool_flatten": (lambda: layers.Chain(
+        layers.Conv2d(2, 4, 3, padding=1, seed=0), "relu", layers.MaxPool2d(2),
+        layers.Conv2d(4, 6, (3, 2), stride=(2, 1), padding="valid", dilation=1, seed=1),
+        layers.AvgPool2d(2, stride=1, padding=1), layers.Flatten(),
+        layers.Dense(6 * 2 * 4, 3, seed=2)), lambda: _floats(7, 2, 9, 8)),
+    "conv_groups_dilation_same": (lambda: layers.Chain(
+        layers.Conv2d(4, 8, 3, padding="same", dilation=2, groups=2, seed=0),
+        layers.Conv2d(8, 8, 2, padding="same", groups=8, bias=False, seed=1),
+        layers.MaxPool2d(3, stride=2, padding=1),
+        layers.Parallel("concat_channels", layers.Conv2d(8, 2, 1, seed=2), layers.AvgPool2d(1)),
+        layers.GlobalAvgPool()), lambda: _floats(7, 4, 8, 8)),
+    "conv1d_reshape": (lambda: layers.Chain(
+        layers.Reshape((2, 12)), layers.Conv1d(2, 3, 5, stride=2, padding=2, seed=0),
+        layers.Flatten(start_dim=-2), layers.Reshape((3, -1)), layers.GlobalAvgPool()),
+        lambda: _floats(7, 24)),
     "embedding": (lambda: layers.Chain(layers.Embedding(20, 6, seed=0),
                                        layers.Dense(6, 4, seed=1)), lambda: _tokens(7, 5)),
 }
+
+
+def _tiny_lm():
+    embed = layers.Embedding(20, 8, seed=0)
+    return layers.Chain(embed, layers.PositionalEmbedding(6, 8, seed=1),
+                        layers.SkipConnection(layers.Chain(
+                            layers.LayerNorm(8), layers.MultiHeadAttention(8, 2, causal=True,
+                                                                           seed=2))),
+                        layers.LayerNorm(8), layers.Unembed(embed))
 
 
 def _run(path, x):
@@ -116,6 +150,14 @@ def test_a_tied_param_is_stored_once(tmp_path):
     assert len(graph.initializer) - _scalars(graph) == 2  # one weight, one bias
     np.testing.assert_allclose(_run(tmp_path / "m.onnx", _floats(7, 6)), model(_floats(7, 6)),
                                rtol=RTOL, atol=ATOL)
+
+
+def test_unembed_shares_the_embedding_initializer(tmp_path):
+    model = _tiny_lm()
+    ms.export_onnx(model, tmp_path / "m.onnx", example=_tokens(1, 6))
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    tables = [t for t in graph.initializer if tuple(t.dims) == (20, 8)]
+    assert len(tables) == 1
 
 
 def _scalars(graph):

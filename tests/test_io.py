@@ -418,7 +418,6 @@ class _BrokenFile:
 
     def __init__(self, real):
         self._real = real
-        self.name = real.name
 
     def write(self, data):
         self._real.write(data[: len(data) // 2])
@@ -440,9 +439,8 @@ def test_a_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatc
     save(mlp(seed=0), path)
     old = path.read_bytes()
     if step == "write":
-        real = atomic.tempfile.NamedTemporaryFile
-        monkeypatch.setattr(atomic.tempfile, "NamedTemporaryFile",
-                            lambda **kw: _BrokenFile(real(**kw)))
+        monkeypatch.setattr(atomic, "open", lambda fd, mode: _BrokenFile(open(fd, mode)),
+                            raising=False)
     else:
         monkeypatch.setattr(atomic.os, step, _failing(OSError(5, "Input/output error")))
     with pytest.raises(ms.SaveError, match="model.safetensors") as info:

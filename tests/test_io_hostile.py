@@ -20,6 +20,7 @@ from modelsync.io.architecture import build, read_plan
 from modelsync.io.modelfile import (
     ALIASES_KEY,
     ARCHITECTURE_KEY,
+    CHECKSUMS_KEY,
     GRAPH_KEY,
     OPTIMIZER_KEY,
     PARAMS_KEY,
@@ -310,6 +311,7 @@ def repair(blob: bytes) -> bytes:
     except ms.LoadError:
         return blob
     meta.pop(OPTIMIZER_KEY, None)
+    meta.pop(CHECKSUMS_KEY, None)  # (the tensors were renamed: as in a file from before them)
     meta.update({ARCHITECTURE_KEY: json.dumps(architecture), PARAMS_KEY: json.dumps(table),
                  ALIASES_KEY: json.dumps(tree.aliases(model)),
                  GRAPH_KEY: ms.graph_id(model)})

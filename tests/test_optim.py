@@ -685,6 +685,7 @@ def test_training_step_moves_no_bytes_after_setup():
 
 
 # -- CuPy kernels -------------------------------------------------------------------------------
+@pytest.mark.gpu
 @pytest.mark.skipif(GPU_COUNT == 0, reason=f"no GPU: {GPU_WHY}")
 @pytest.mark.parametrize("rule", sorted(RULES) + ["ClipNorm", "ClipValue"])
 def test_cuda_kernels_follow_the_host_arithmetic(rule):

@@ -77,10 +77,11 @@ def run(comm: Comm, *, dev: Device | str = "auto", modes: str | Sequence[str] = 
             row = run_mode(comm, mode, target, data, epochs=epochs, folder=folder,
                            progress=progress and root, seed=seed)
             if row is not None:
-                say(f"{mode}: {row.steps} steps in {row.train_seconds:.2f} s on {comm.size} "
-                    f"ranks, test accuracy {row.accuracy:.3f}, "
+                say(f"{mode}: {row.steps} steps in {row.train_seconds:.2f} s on "
+                    f"{single.ranks_text(comm.size)}, test accuracy {row.accuracy:.3f}, "
                     f"{single.format_bytes(row.collective_bytes_per_step)} per step across "
-                    f"processes, {row.bytes_per_step:g} bytes per step host/device")
+                    f"processes, {single.format_bytes(row.bytes_per_step)} per step "
+                    "host/device")
             rows.append(row)
     return rows if root else None
 

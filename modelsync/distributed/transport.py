@@ -9,6 +9,7 @@ Every call records one "collective" event in the ledger. The guard is asked earl
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -102,8 +103,39 @@ def _raw(host: np.ndarray) -> Any:
 
 
 def _after_agreement(comm: Comm) -> Any:
-    return lambda _: (f"it did not complete within {comm.timeout:g} s although every rank "
-                      "had agreed to it (a rank died or stopped making progress)")
+    def missing(_: Any) -> str:
+        silent = unanswering(comm)
+        who = (f"ranks {silent} stopped answering (ranks "
+               f"{[r for r in range(comm.size) if r not in silent]} are waiting for them)"
+               if silent else "a rank died or stopped making progress")
+        return (f"it did not complete within {comm.timeout:g} s although every rank had agreed "
+                f"to it: {who}")
+
+    return missing
+
+
+#: The tag of the "still here" message ranks stuck in one collective exchange (`unanswering`).
+TAG_HERE = 7103
+
+
+def unanswering(comm: Comm) -> list[int]:
+    """The ranks that do not answer: a collective is stuck, so every rank still alive in it
+    times out about when this one does and sends each other rank a one-byte "still here";
+    those not heard from within a grace period (a tenth of the timeout, 1 to 10 s) are the
+    lost ones. Costs nothing until a collective times out."""
+    mpi, byte = comm.mpi, mpi_module().BYTE
+    others = [r for r in range(comm.size) if r != comm.rank]
+    here = bytearray(b"\x01")
+    heard = {r: bytearray(1) for r in others}
+    sends = [mpi.Isend([here, byte], dest=r, tag=TAG_HERE) for r in others]
+    recvs = {r: mpi.Irecv([heard[r], byte], source=r, tag=TAG_HERE) for r in others}
+    end = time.monotonic() + min(10.0, max(1.0, 0.1 * comm.timeout))
+    waiting = dict(recvs)
+    while waiting and time.monotonic() < end:
+        waiting = {r: q for r, q in waiting.items() if not q.Test()}
+        time.sleep(0.001)
+    del sends  # (left pending: the job is about to end)
+    return sorted(waiting)
 
 
 def _src(comm: Comm, where: Any) -> str:

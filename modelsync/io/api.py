@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import interrupts
 from ..checks import match_check
 from ..devices import HOST, Device, device_of, dtype_name
 from ..devices import device as to_device_spec
@@ -28,10 +29,11 @@ from ..transfers import copy_to
 from ..tree import aliases, graph_id, named_params, require_model, structure
 from .architecture import encode_model
 from .atomic import atomic_write
-from .files import check_path, load_arrays, read
+from .files import check_path, checksum, load_arrays, read, retrying
 from .modelfile import (
     ALIASES_KEY,
     ARCHITECTURE_KEY,
+    CHECKSUMS_KEY,
     FORMAT_KEY,
     FORMAT_VERSION,
     GRAPH_KEY,
@@ -39,6 +41,7 @@ from .modelfile import (
     PARAMS_KEY,
     USER_PREFIX,
     build_model,
+    fill_model,
     is_modelsync,
     read_model_file,
 )
@@ -84,29 +87,38 @@ def save(model: Any, path: Any, *, optimizer: Any = None,
         tensors.update(state_tensors)
         meta[OPTIMIZER_KEY] = _dumps(state)
     meta.update({USER_PREFIX + key: value for key, value in user.items()})
+    meta[CHECKSUMS_KEY] = _dumps({name: checksum(t) for name, t in tensors.items()})
     blob = _serialize(tensors, meta, target)
     atomic_write(target, lambda fh: fh.write(blob))
 
 
-def load(path: Any, device: Device | str = "host") -> Any:
+def load(path: Any, device: Device | str = "host", *, verify: bool = True) -> Any:
     """Rebuild the model saved at ``path`` on ``device``, from registered layer types only
-    (nothing from the file is executed). Same graph id, same ties, same values."""
+    (nothing from the file is executed). Same graph id, same ties, same values.
+
+    Everything the header says is checked (metadata, architecture, sizes against the memory
+    available) before any tensor data is read; with ``verify`` each tensor is checked
+    against the checksum its save wrote (files written before checksums have none)."""
     target = to_device_spec(device)
+    _check_verify(verify)
+    return retrying(lambda: _load(path, target, verify))
+
+
+def _load(path: Any, target: Device, verify: bool) -> Any:
     raw = read(path)
     model_file = read_model_file(raw)
-    arrays = load_arrays(raw, list(model_file.params))
-    model = build_model(model_file, arrays)
+    model = build_model(model_file)
+    arrays = load_arrays(raw, list(model_file.params), checksums=_sums(model_file, verify))
     if target != HOST:
-        params = list(named_params(model).values())
-        staged = [copy_to(p.value, target, reason="load", what="param") for p in params]
-        for param, array in zip(params, staged, strict=True):
-            param.rehome(array)
+        arrays = {name: copy_to(array, target, reason="load", what="param")
+                  for name, array in arrays.items()}
+    fill_model(model, arrays)
     return model
 
 
 def load_into(model: Any, source: Any, *, check: str = "graph",
               names: Mapping[str, str] | Callable[[str], str] | None = None,
-              strict: bool = True) -> Any:
+              strict: bool = True, verify: bool = True) -> Any:
     """Write the values in ``source`` into ``model``'s Params in place; returns ``model``.
 
     ``source`` is a safetensors file path or a mapping of arrays (a PyTorch ``state_dict``,
@@ -116,10 +128,13 @@ def load_into(model: Any, source: Any, *, check: str = "graph",
     from another library takes. ``names`` (a dict or a function) maps the model's paths to
     the source's keys. A key that nothing uses is an error unless ``strict=False``. All or
     nothing: the source is validated and every device copy staged before the first Param
-    is written.
+    is written, and a Ctrl-C meanwhile is delivered once the writes are done. A file's
+    header is checked in full before its data is read; with ``verify`` its tensors are
+    checked against their checksums.
     """
     require_model(model)
     match_check(check)
+    _check_verify(verify)
     if not isinstance(strict, bool):
         raise ArgumentTypeError(f"strict={strict!r} is a {type(strict).__name__}; expected "
                                 "True or False")
@@ -136,49 +151,62 @@ def load_into(model: Any, source: Any, *, check: str = "graph",
                 "names, shapes and dtypes")
         found = mapping_source(source)
     else:
-        found = _file_source(model, check_path(source, "source"), check)
+        where = check_path(source, "source")
+
+        def attempt() -> Source:
+            header, read_values = _file_source(model, where, check, verify)
+            _match(model, names, header, strict)  # every check the header allows, first
+            return read_values()
+
+        found = retrying(attempt)
     pairs = _match(model, names, found, strict)
     staged = [array if found.owned and p.device == HOST else
               copy_to(array, p.device, reason="load_into", what="param")
               for p, array in pairs]
+    interrupts.call(_write_all, pairs, staged)  # a Ctrl-C now comes after the last write
+    return model
+
+
+def _write_all(pairs: list[tuple[Any, Any]], staged: list[Any]) -> None:
     # every value is replaced, so a wrap-mode side is marked newest without a pull
     storages = [p.writable(overwrite=True) for p, _ in pairs]
     for storage, array in zip(storages, staged, strict=True):
         storage[...] = array
-    return model
 
 
-def _file_source(model: Any, path: Any, check: str) -> Source:
-    """The tensors of the file at ``path``, read and validated in full (and, for
-    ``check="graph"``, checked to come from ``model``'s graph)."""
+def _file_source(model: Any, path: Any, check: str, verify: bool
+                 ) -> tuple[Source, Callable[[], Source]]:
+    """The tensors of the file at ``path`` as its header describes them (placeholders of the
+    right shapes and dtypes, checked, and for ``check="graph"`` checked to come from
+    ``model``'s graph), and the function that reads their values."""
     raw = read(path)
     if is_modelsync(raw):
         model_file = read_model_file(raw)
-        arrays = load_arrays(raw, list(model_file.params))
-        file_model = build_model(model_file, arrays)  # validates the whole file
+        file_model = build_model(model_file)  # validates the whole header
         if check == "graph":
             _check_graph(model, file_model, raw.path)
-        return file_source(arrays, list(model_file.params), raw.path)
-    if check == "graph":
+        wanted, sums = list(model_file.params), _sums(model_file, verify)
+    elif check == "graph":
         raise LoadError(
             f"{raw.path}: not a modelsync file (no {FORMAT_KEY!r} metadata), so it has no "
             "graph id to check; pass check='structure' to load it by parameter names, "
             "shapes and dtypes")
-    return file_source(load_arrays(raw), list(raw.tensors), raw.path)
+    else:
+        wanted, sums = list(raw.tensors), None
+    placeholders = {name: np.broadcast_to(np.zeros((), raw.tensors[name].dtype),
+                                          raw.tensors[name].shape) for name in wanted}
+    return (file_source(placeholders, wanted, raw.path),
+            lambda: file_source(load_arrays(raw, wanted, checksums=sums), wanted, raw.path))
 
 
-def load_optimizer(path: Any, optimizer: Any) -> Any:
+def load_optimizer(path: Any, optimizer: Any, *, verify: bool = True) -> Any:
     """Restore ``optimizer``'s state from a file saved with ``ms.save(..., optimizer=opt)``;
-    the state goes to each bound Param's device. Returns ``optimizer``."""
+    the state goes to each bound Param's device. Returns ``optimizer``. The whole header is
+    checked first; only the optimizer's tensors are read, and with ``verify`` checked
+    against their checksums."""
     check_optimizer(optimizer)
-    raw = read(path)
-    model_file = read_model_file(raw)
-    if model_file.optimizer is None:
-        raise LoadError(f"{raw.path}: the file holds no optimizer state; save it with "
-                        "ms.save(model, path, optimizer=opt)")
-    arrays = load_arrays(raw)
-    build_model(model_file, arrays)  # the whole file is checked, not just the state
-    state = decode_state(model_file.optimizer, arrays)
+    _check_verify(verify)
+    raw, state = retrying(lambda: _read_state(path, verify))
     try:
         optimizer.load_state_dict(state)
     except (ArgumentError, ArgumentTypeError) as exc:
@@ -191,13 +219,35 @@ def load_optimizer(path: Any, optimizer: Any) -> Any:
     return optimizer
 
 
+def _read_state(path: Any, verify: bool) -> tuple[Any, Any]:
+    raw = read(path)
+    model_file = read_model_file(raw)
+    if model_file.optimizer is None:
+        raise LoadError(f"{raw.path}: the file holds no optimizer state; save it with "
+                        "ms.save(model, path, optimizer=opt)")
+    build_model(model_file)  # the whole header is checked, not just the state's
+    arrays = load_arrays(raw, [name for name in raw.tensors if name not in model_file.params],
+                         checksums=_sums(model_file, verify))
+    return raw, decode_state(model_file.optimizer, arrays)
+
+
 def read_metadata(path: Any) -> dict[str, str]:
     """The user metadata saved with ``ms.save(..., metadata=...)`` (reads only the header)."""
-    raw = read(path, header_only=True)
+    raw = read(path)
     return {k[len(USER_PREFIX):]: v for k, v in raw.metadata.items() if k.startswith(USER_PREFIX)}
 
 
 # -- helpers ------------------------------------------------------------------------------
+def _check_verify(verify: Any) -> None:
+    if not isinstance(verify, bool):
+        raise ArgumentTypeError(f"verify={verify!r} is a {type(verify).__name__}; expected True "
+                                "or False")
+
+
+def _sums(model_file: Any, verify: bool) -> dict[str, str] | None:
+    return model_file.checksums if verify else None
+
+
 def _check_user_metadata(metadata: Any) -> dict[str, str]:
     if metadata is None:
         return {}

@@ -9,16 +9,23 @@ Every way a file can break that raises LoadError saying what is wrong.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TypeVar
 
 import attrs
 import numpy as np
 
 from ..errors import ArgumentError, ArgumentTypeError, LoadError
+from ..tree import described
+
+T = TypeVar("T")
 
 #: The largest header we will read: bigger ones are corrupt or hostile, not models.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -51,14 +58,26 @@ class TensorInfo:
 
 @attrs.frozen
 class RawFile:
-    """A safetensors file whose header has been validated; ``content`` is the whole file
-    (None when only the header was read)."""
+    """A safetensors file whose header has been validated (no tensor data is read until
+    `load_arrays` asks for it); ``header`` is the header's bytes, to tell whether the file
+    changed between the two reads."""
 
     path: str
     size: int
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
-    content: bytes | None
+    header: bytes
+    stamp: tuple[int, ...] = ()  # (device, inode, size, mtime, ctime) when the header was read
+
+
+class FileChanged(LoadError):
+    """The file is not the one whose header was read (replaced by a concurrent save, or
+    written to while it was read): reading it again from the header may succeed."""
+
+
+def _stamp(fh: BinaryIO) -> tuple[int, ...]:
+    st = os.fstat(fh.fileno())
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def check_path(path: Any, argument: str = "path") -> Path:
@@ -70,45 +89,56 @@ def check_path(path: Any, argument: str = "path") -> Path:
                 raise ArgumentError(f"{argument}={fspath!r} contains a NUL character, which no "
                                     "file name can hold")
             return Path(fspath)
+    kind = described(path)
+    if kind.startswith(("a model", "an optimizer")):  # (arguments in the wrong order)
+        raise ArgumentTypeError(
+            f"{argument} is {kind}; expected a file path (str or os.PathLike): the order is "
+            "ms.save(model, path), ms.load(path), ms.load_into(model, path), "
+            "ms.load_optimizer(path, optimizer)")
     raise ArgumentTypeError(
         f"{argument}={path!r} is a {type(path).__name__}; expected a non-empty str or "
         "os.PathLike file path")
 
 
-def read(path: Any, *, header_only: bool = False) -> RawFile:
-    """Open ``path`` and validate its safetensors header (and, unless ``header_only``, read
-    the tensor bytes). LoadError for a missing, unreadable or malformed file."""
+def read(path: Any, *, header_only: bool = True) -> RawFile:
+    """Open ``path`` and validate its safetensors header; no tensor data is read (see
+    `load_arrays`; ``header_only`` is accepted for older callers, and changes nothing).
+    LoadError for a missing, unreadable or malformed file."""
     where = check_path(path)
+    with _opened(where) as fh:
+        stamp = _stamp(fh)
+        size, header_bytes, header = _read_header(fh, where)
+        data_len = size - HEADER_LENGTH_BYTES - len(header_bytes)
+        tensors, metadata = _check_header(header, data_len, where)
+    return RawFile(str(where), size, tensors, metadata, header_bytes, stamp)
+
+
+@contextlib.contextmanager
+def _opened(where: Path) -> Iterator[BinaryIO]:
+    """``where`` open for reading, with every OSError on the way a LoadError."""
     if where.is_dir():
         raise LoadError(f"{where}: is a directory, expected a safetensors file")
     if where.exists() and not where.is_file():  # a FIFO would block, /dev/zero never ends
         raise LoadError(f"{where}: not a regular file, expected a safetensors file")
     try:
         with open(where, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            length = _read_length(fh.read(HEADER_LENGTH_BYTES), size, where)
-            header_bytes = fh.read(length)
-            if len(header_bytes) != length:
-                raise LoadError(f"{where}: truncated inside the header ({len(header_bytes)} "
-                                f"of {length} bytes)")
-            header = parse_header(header_bytes, where)
-            data_len = size - HEADER_LENGTH_BYTES - length
-            tensors, metadata = _check_header(header, data_len, where)
-            content = None
-            if not header_only:
-                fh.seek(0)
-                content = fh.read(size + 1)
-                start = HEADER_LENGTH_BYTES
-                if (len(content) != size
-                        or memoryview(content)[start:start + length] != header_bytes):
-                    raise LoadError(f"{where}: the file changed while it was being read")
+            yield fh
     except FileNotFoundError:
         raise LoadError(f"{where}: no such file"
                         + ("" if where.parent.is_dir() else
                            f" (the folder {where.parent} does not exist)")) from None
     except OSError as exc:
         raise LoadError(f"{where}: cannot be read: {exc.strerror or exc}") from exc
-    return RawFile(str(where), size, tensors, metadata, content)
+
+
+def _read_header(fh: BinaryIO, where: Path) -> tuple[int, bytes, dict[str, Any]]:
+    size = os.fstat(fh.fileno()).st_size
+    length = _read_length(fh.read(HEADER_LENGTH_BYTES), size, where)
+    header_bytes = fh.read(length)
+    if len(header_bytes) != length:
+        raise LoadError(f"{where}: truncated inside the header ({len(header_bytes)} "
+                        f"of {length} bytes)")
+    return size, header_bytes, parse_header(header_bytes, where)
 
 
 def _read_length(first: bytes, size: int, where: Path) -> int:
@@ -226,24 +256,109 @@ def _int_list(value: Any) -> bool:
         isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
-def load_arrays(raw: RawFile, names: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Writable host arrays for ``names`` (default: every tensor), read by the safetensors
-    library from the validated bytes; any complaint it has becomes a LoadError."""
-    from safetensors.numpy import load
-
-    if raw.content is None:
-        raise LoadError(f"{raw.path}: only the header was read; read the file again in full")
-    try:
-        loaded = load(raw.content)
-    except Exception as exc:  # the library's own errors have no common base we can name
-        raise LoadError(f"{raw.path}: safetensors could not read the tensors: {exc}") from exc
-    wanted = list(raw.tensors) if names is None else names
+def load_arrays(raw: RawFile, names: list[str] | None = None, *,
+                checksums: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Writable host arrays for ``names`` (default: every tensor), read straight from the file
+    into arrays of the validated shapes and dtypes, after checking that they fit in memory.
+    With ``checksums`` (tensor name -> CRC-32 as 8 hex digits) each tensor that has one is
+    verified. LoadError if the file changed since its header was read, or a tensor does not
+    fit or does not match its checksum."""
+    where = raw.path
+    wanted = [raw.tensors[name] for name in (list(raw.tensors) if names is None else names)]
+    check_fits(wanted, where)
     out: dict[str, np.ndarray] = {}
-    for name in wanted:
-        info = raw.tensors[name]
-        array = loaded.get(name)
-        if array is None or tuple(array.shape) != info.shape or array.dtype.name != info.dtype:
-            raise LoadError(f"{raw.path}: tensor {name!r} did not read back as "
-                            f"{info.shape} {info.dtype}")
-        out[name] = np.array(array, copy=True)
-    return out
+    with _opened(Path(where)) as fh:
+        if _stamp(fh) != raw.stamp:
+            raise FileChanged(f"{where}: the file changed since its header was read")
+        size, header_bytes, _ = _read_header(fh, Path(where))
+        if size != raw.size or header_bytes != raw.header:
+            raise FileChanged(f"{where}: the file changed while it was being read")
+        start = HEADER_LENGTH_BYTES + len(header_bytes)
+        for info in sorted(wanted, key=lambda t: t.begin):
+            array = _allocate(info, where)
+            view = memoryview(array).cast("B") if array.nbytes else memoryview(b"")
+            fh.seek(start + info.begin)
+            got = fh.readinto(view) if array.nbytes else 0
+            if got != info.nbytes:
+                raise FileChanged(f"{where}: the file changed while it was being read (tensor "
+                                  f"{info.name!r} ended after {got} of {info.nbytes} bytes)")
+            expected = None if checksums is None else checksums.get(info.name)
+            if expected is not None and f"{zlib.crc32(view):08x}" != expected:
+                raise LoadError(
+                    f"{where}: tensor {info.name!r} does not match its checksum: the file was "
+                    "changed or corrupted after it was written (or is being rewritten now)")
+            out[info.name] = array if _LITTLE else array.astype(array.dtype.newbyteorder("="))
+        if _stamp(fh) != raw.stamp:
+            raise FileChanged(f"{where}: the file was written to while it was being read")
+    return {info.name: out[info.name] for info in wanted}
+
+
+_LITTLE = sys.byteorder == "little"
+
+
+def retrying(attempt: Callable[[], T], tries: int = 3) -> T:
+    """``attempt()`` again from the header, up to ``tries`` times, while the file changes
+    under it (a concurrent save replacing it is no error: the next attempt reads the new
+    file whole); the last attempt's FileChanged propagates."""
+    for _ in range(tries - 1):
+        try:
+            return attempt()
+        except FileChanged:
+            continue
+    return attempt()
+
+
+def checksum(array: np.ndarray) -> str:
+    """The CRC-32 of a C-contiguous host array's bytes, as 8 hex digits (what a save writes
+    and `load_arrays` verifies; zlib's runs at about three times the speed of the write)."""
+    return f"{zlib.crc32(memoryview(array).cast('B') if array.nbytes else b''):08x}"
+
+
+def _allocate(info: TensorInfo, where: str) -> np.ndarray:
+    try:
+        return np.empty(info.shape, dtype=np.dtype(info.dtype).newbyteorder("<"))
+    except MemoryError:
+        raise LoadError(f"{where}: tensor {info.name!r} ({info.shape} {info.dtype}, "
+                        f"{info.nbytes:,} bytes) does not fit in memory") from None
+
+
+def check_fits(tensors: list[TensorInfo], where: str) -> None:
+    """LoadError naming the first tensor with which the running total no longer fits in the
+    memory available now (MemAvailable, or the cgroup's limit where lower)."""
+    available = available_memory()
+    if available is None:
+        return
+    total = 0
+    for info in tensors:
+        total += info.nbytes
+        if total > available:
+            more = "" if total == info.nbytes else f" ({total:,} bytes with the tensors before it)"
+            raise LoadError(f"{where}: tensor {info.name!r} ({info.shape} {info.dtype}, "
+                            f"{info.nbytes:,} bytes{more}) does not fit in the {available:,} "
+                            "bytes of memory available")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still get, as far as the system says (None: unknown)."""
+    found = None
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"MemAvailable:"):
+                    found = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if found is None:
+        try:
+            found = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):
+            return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        if limit != "max":
+            found = min(found, int(limit) - int(used))
+    except (OSError, ValueError):
+        pass
+    return found

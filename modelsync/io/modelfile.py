@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from ..devices import HOST
 from ..errors import LoadError
 from ..params import Param
 from ..tree import aliases, graph_id, named_params
@@ -29,6 +30,8 @@ PARAMS_KEY = "modelsync.params"
 ALIASES_KEY = "modelsync.aliases"
 GRAPH_KEY = "modelsync.graph_id"
 OPTIMIZER_KEY = "modelsync.optimizer"
+#: Each tensor's CRC-32 (tensor name -> 8 hex digits); files written before it have none.
+CHECKSUMS_KEY = "modelsync.checksums"
 USER_PREFIX = "user."
 OPTIMIZER_PREFIX = "__optim__/"
 PARAM_DTYPES = ("float16", "float32", "float64")
@@ -56,6 +59,7 @@ class ModelFile:
     graph_id: str
     optimizer: Any  # the optimizer state's tagged JSON, or None
     user: dict[str, str]
+    checksums: dict[str, str] | None  # tensor name -> CRC-32 hex (None: an older file)
 
 
 def is_modelsync(raw: RawFile) -> bool:
@@ -99,8 +103,20 @@ def read_model_file(raw: RawFile, *, require_registered: bool = True) -> ModelFi
 
         codec.decode(optimizer, "optimizer state", note)
     _check_tensors(raw, params, optimizer_tensors)
+    checksums = _read_checksums(raw) if CHECKSUMS_KEY in meta else None
     user = {k[len(USER_PREFIX):]: v for k, v in meta.items() if k.startswith(USER_PREFIX)}
-    return ModelFile(raw, plan, params, stored_aliases, meta[GRAPH_KEY], optimizer, user)
+    return ModelFile(raw, plan, params, stored_aliases, meta[GRAPH_KEY], optimizer, user,
+                     checksums)
+
+
+def _read_checksums(raw: RawFile) -> dict[str, str]:
+    table = parse_json(raw.metadata[CHECKSUMS_KEY], f"{raw.path}: {CHECKSUMS_KEY}")
+    if not isinstance(table, dict) or set(table) != set(raw.tensors) or not all(
+            isinstance(v, str) and len(v) == 8 and all(c in "0123456789abcdef" for c in v)
+            for v in table.values()):
+        raise LoadError(f"{raw.path}: {CHECKSUMS_KEY} must map every tensor of the file to "
+                        "its CRC-32 as 8 hex digits")
+    return table
 
 
 def _read_params(table: Any, where: str) -> dict[str, ParamEntry]:
@@ -144,15 +160,15 @@ def _check_tensors(raw: RawFile, params: dict[str, ParamEntry], optimizer_tensor
                         + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
 
 
-def build_model(mf: ModelFile, arrays: dict[str, np.ndarray]) -> Any:
-    """The model a validated file describes, with host Params holding ``arrays``; checked to
-    give back the file's parameter paths, ties and graph id."""
+def build_model(mf: ModelFile) -> Any:
+    """The model a validated file describes, checked to give back the file's parameter paths,
+    ties and graph id, before any tensor data is read: its host Params hold read-only
+    placeholders (no memory) until `fill_model` gives them the values."""
 
     def make_param(path: str) -> Param:
         entry = mf.params[path]
-        param = Param.owning(arrays[path], name=entry.name)
-        param.origin = entry.origin
-        return param
+        empty = np.broadcast_to(np.zeros((), dtype=entry.dtype), entry.shape)
+        return Param.in_store(empty, HOST, name=entry.name, origin=entry.origin, store=None)
 
     model = build(mf.plan, make_param)
     where = mf.raw.path
@@ -170,6 +186,13 @@ def build_model(mf: ModelFile, arrays: dict[str, np.ndarray]) -> Any:
                         f"the architecture and Param origins give ({rebuilt!r}): the metadata "
                         "was edited or corrupted")
     return model
+
+
+def fill_model(model: Any, arrays: dict[str, Any]) -> None:
+    """Give each Param of a model `build_model` made its values: ``arrays[path]`` (on any
+    device), taken over as its storage."""
+    for path, param in named_params(model).items():
+        param.rehome(arrays[path])
 
 
 def _preview(paths: list[str], limit: int = 4) -> str:

@@ -4,6 +4,7 @@ step counts), and put back together for ``opt.load_state_dict``."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import numpy as np
 from ..devices import HOST, device_of, is_array
 from ..errors import ArgumentTypeError, LoadError, SaveError
 from ..transfers import copy_to
+from ..tree import described
 from . import codec
 from .modelfile import OPTIMIZER_PREFIX
 
@@ -20,8 +22,11 @@ def check_optimizer(optimizer: Any) -> None:
     if not (callable(getattr(optimizer, "state_dict", None))
             and callable(getattr(optimizer, "load_state_dict", None))):
         raise ArgumentTypeError(
-            f"optimizer is a {type(optimizer).__name__}; expected an optimizer from "
-            "modelsync.optim (something with state_dict() and load_state_dict())")
+            f"optimizer is {described(optimizer)}; expected an optimizer from "
+            "modelsync.optim (something with state_dict() and load_state_dict()), e.g. "
+            "optim.Adam(ms.params(model))"
+            + (" (the order is ms.load_optimizer(path, optimizer))"
+               if isinstance(optimizer, (str, os.PathLike)) else ""))
 
 
 def encode_state(state: Any) -> tuple[Any, dict[str, np.ndarray]]:

@@ -1,5 +1,6 @@
-"""Built-in layers: Dense/Affine, Chain, SkipConnection, Parallel, activations, Embedding,
-LayerNorm, Dropout."""
+"""Built-in layers: Dense/Affine, Chain and the combinators (SkipConnection, Parallel),
+activations, Embedding, normalisation, Dropout, convolutions and pooling, shape layers,
+attention and positions, recurrent layers."""
 
 from .activations import (
     GELU,
@@ -14,17 +15,26 @@ from .activations import (
     softmax,
     tanh,
 )
+from .attention import MultiHeadAttention
 from .base import Context, layer
 from .chain import Chain
 from .combinators import Parallel, SkipConnection
+from .conv import Conv1d, Conv2d
 from .dense import Affine, Dense
 from .dropout import Dropout
 from .embedding import Embedding
 from .norm import LayerNorm
+from .pool import AvgPool2d, GlobalAvgPool, MaxPool2d
+from .positional import PositionalEmbedding
+from .recurrent import GRU, LSTM, LastStep
+from .rmsnorm import RMSNorm
+from .shape import Flatten, Reshape
+from .unembed import Unembed
 
 __all__ = [
-    "GELU", "Activation", "Affine", "Chain", "Context", "Dense", "Dropout", "Embedding",
-    "LayerNorm", "ReLU", "Sigmoid",
-    "Parallel", "SkipConnection",
-    "Softmax", "Tanh", "gelu", "layer", "relu", "sigmoid", "softmax", "tanh",
+    "Activation", "Affine", "Chain", "Context", "Dense", "Dropout", "Embedding", "GELU", "GRU",
+    "LSTM", "LastStep", "LayerNorm", "MultiHeadAttention", "Parallel", "PositionalEmbedding",
+    "RMSNorm", "ReLU", "Sigmoid", "SkipConnection", "Softmax", "Tanh", "Unembed", "gelu",
+    "layer", "relu", "sigmoid", "softmax", "tanh",
+    "AvgPool2d", "Conv1d", "Conv2d", "Flatten", "GlobalAvgPool", "MaxPool2d", "Reshape",
 ]

@@ -7,14 +7,13 @@ Calling a layer, ``layer(x)``, runs ``forward`` in evaluation mode and returns `
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 import numpy as np
 
-from ..devices import Device, device_of, dtype_name, is_array
+from ..devices import Device, device_of, dtype_name, is_array, on_device
 from ..errors import ArgumentError, ArgumentTypeError, DeviceMismatchError
 from ..params import Param
 from ..tree import param_paths, register_layer, require_model
@@ -92,8 +91,7 @@ def check_rng(rng: Any) -> np.random.Generator | None:
 def on_model_device(model: Any) -> Any:
     """Make the model's GPU current while it runs (CuPy creates arrays and launches kernels
     on the current GPU); nothing to do elsewhere."""
-    dev = param_device(model)
-    return dev.native if dev is not None and dev.kind == "cuda" else contextlib.nullcontext()
+    return on_device(param_device(model))
 
 
 def param_device(node: Any) -> Device | None:

@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ..devices import dtype_name
+from ..devices import device_of, dtype_name, on_device
 from ..errors import ArgumentError
 from ..params import Param
 from ..xp import namespace
@@ -69,11 +69,20 @@ class Embedding:
                 f"dtype (int32 or int64) with values in [0, {self.num})")
         if idx.size == 0:
             return
+        if not isinstance(idx, np.ndarray) and not self._any_outside(idx, xp):
+            return  # (on a device: one scalar read; only a bad batch reads more, to name it)
         low, high = int(xp.min(idx)), int(xp.max(idx))
         if low < 0 or high >= self.num:
             bad = low if low < 0 else high
             raise ArgumentError(
                 f"{where}: index {bad} is outside [0, {self.num}) (num={self.num})")
+
+    def _any_outside(self, idx: Any, xp: Any) -> bool:
+        """Whether an index is outside ``[0, num)``: reduced on the device, one bool read."""
+        outside = idx < 0
+        if self.num <= xp.iinfo(idx.dtype).max:  # (else no index of this dtype reaches num)
+            outside = outside | (idx >= self.num)
+        return bool(xp.any(outside))
 
 
 def _scatter_add_rows(xp: Any, flat: Any, dy2: Any, num: int) -> Any:
@@ -92,8 +101,9 @@ def _scatter_add_rows(xp: Any, flat: Any, dy2: Any, num: int) -> Any:
         import cupy
         import cupyx
 
-        grad = cupy.zeros((num, dy2.shape[1]), dtype=dy2.dtype)
-        cupyx.scatter_add(grad, flat.astype(cupy.int64), dy2)
+        with on_device(device_of(dy2)):  # (CuPy allocates on the current GPU)
+            grad = cupy.zeros((num, dy2.shape[1]), dtype=dy2.dtype)
+            cupyx.scatter_add(grad, flat.astype(cupy.int64), dy2)
         return grad
     flat = xp.astype(flat, xp.int64)  # int8/int16 indices cannot count past their range
     classes = xp.arange(num, dtype=xp.int64, device=flat.device)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ..checks import as_float
 from ..errors import ArgumentError, ArgumentTypeError
 
 FLOAT_DTYPES = ("float16", "float32", "float64")
@@ -27,6 +29,15 @@ def positive_int(argument: str) -> Callable[[Any], int]:
     """``check_positive_int`` for one argument, as an attrs converter: the constructor's check
     is then also what attrs runs on assignment and what ``ms.load`` runs on a stored value."""
     return functools.partial(check_positive_int, argument)
+
+
+def check_eps(eps: Any) -> float:
+    """A normalisation's ``eps`` as a float in (0, ∞), else ArgumentError (ArgumentTypeError
+    for a non-number); also an attrs converter, so ``ms.load`` checks a stored value."""
+    value = as_float("eps", eps)
+    if not 0 < value < math.inf:  # (NaN fails this too)
+        raise ArgumentError(f"eps={eps!r} is outside (0, ∞)")
+    return value
 
 
 def check_dtype(value: Any) -> str:

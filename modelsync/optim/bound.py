@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import ArgumentTypeError
+from .. import interrupts
+from ..errors import ArgumentError, ArgumentTypeError
 from ..params import Param
 from ..xp import namespace
 from . import statedict
@@ -55,6 +56,8 @@ class Bound:
         for name in self.hyper_names:  # checked first, as torch checks them
             setattr(self, name, hyper[name])
         self._params, self._paths = bind_params(params, paths)
+        #: the layer name of the model the Params came from (ms.params(model)), for messages
+        self._owner: str | None = getattr(params, "owner", None)
         self._scalars = Scalars(self.scalars)
 
     # -- what it is bound to ---------------------------------------------------------------
@@ -91,8 +94,36 @@ class Bound:
     # -- the training-step API ---------------------------------------------------------------
     def step(self) -> None:
         """Apply one update to every bound Param that has a gradient; a step that cannot be
-        done (a transfer the guard refuses) raises and changes nothing."""
-        self._prepare_step()()
+        done (a transfer the guard refuses) raises and changes nothing; a Ctrl-C during the
+        update is delivered right after it. A step that finds no gradient on any bound Param
+        raises ArgumentError: it would silently do nothing (torch skips such Params one by
+        one; when all are skipped it is almost always an optimizer bound to another copy of
+        the model)."""
+        for p in self._params:  # (the first Param has a gradient in any real step: O(1))
+            if p.grad is not None:
+                break
+        else:
+            raise self._no_gradients()
+        interrupts.call(self._prepare_step())
+
+    def _no_gradients(self) -> ArgumentError:
+        first = self._params[0]
+        owner = f"the {self._owner} on {first.device}" if self._owner else (
+            f"the model on {first.device}")
+        shown = ", ".join(self._paths[:3]) + (", ..." if len(self._paths) > 3 else "")
+        return ArgumentError(
+            f"{self._step_name()}: none of the {len(self._params)} Params it is bound to "
+            f"({shown}) has a gradient, so the step would change nothing. They are the Params "
+            f"of {owner} it was built from; a copy made by ms.to_device(model, ...) (mode "
+            "'copy' or 'wrap') has Params of its own, and a backprop through the copy leaves "
+            f"these without gradients: bind the optimizer to the copy, "
+            f"{self._rebind_hint()}. Otherwise run ms.backprop (or set p.grad) before step()")
+
+    def _step_name(self) -> str:
+        return f"{self.type_name}.step()"
+
+    def _rebind_hint(self) -> str:
+        return f"optim.{self.type_name}(ms.params(gpu_model), ...)"
 
     def _prepare_step(self) -> Callable[[], None]:
         """Do what may fail and change nothing; return the commit that does the rest."""
@@ -139,7 +170,7 @@ class Bound:
         """Restore hyperparameters and state from `state_dict`, each state array on its
         Param's device. Everything is checked first: a bad dict raises ArgumentError naming
         the first problem and changes nothing."""
-        self._prepare_load(state_dict)()
+        interrupts.call(self._prepare_load(state_dict))
 
     def _prepare_load(self, sd: Any, where: str = "state_dict") -> Callable[[], None]:
         """Validate ``sd`` and copy its arrays to the devices; return the commit to run."""

@@ -35,6 +35,7 @@ class OptimizerChain(Bound):
                     params.append(p)
                     paths.append(path)
         super().__init__(params, paths=paths)
+        self._owner = next((part._owner for part in parts if part._owner), None)
 
     @property
     def type_name(self) -> str:
@@ -42,6 +43,12 @@ class OptimizerChain(Bound):
 
     def __repr__(self) -> str:
         return f"chain({', '.join(repr(p) for p in self.parts)})"
+
+    def _step_name(self) -> str:
+        return "optim.chain(...).step()"
+
+    def _rebind_hint(self) -> str:
+        return "build each part of the chain on ms.params(gpu_model)"
 
     def _prepare_step(self) -> Callable[[], None]:
         commits = [part._prepare_step() for part in self.parts]

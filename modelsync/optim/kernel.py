@@ -11,6 +11,7 @@ device, shape and dtype and returns it bound to that state's arrays: a `Kernel` 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ import attrs
 import numpy as np
 
 from .. import kernels
-from ..devices import Device, dtype_name
+from ..devices import Device, dtype_name, on_device
 
 #: Elements per chunk on the NumPy path: a rule's ten-odd passes over a chunk of each array
 #: stay in cache, where whole-array passes would each go out to memory.
@@ -63,15 +64,19 @@ class Scalars:
 
 @attrs.define(slots=True, eq=False)
 class ArrayApiKernel:
-    """The array-API form: any device; it may bind new state arrays into ``arrays``."""
+    """The array-API form: any device; it may bind new state arrays into ``arrays``. It runs
+    inside ``on`` (`on_device` of the state's device: CuPy allocates its temporaries and
+    launches on the current GPU)."""
 
     rule: Any
     arrays: list[Any]
     scalars: Scalars
     xp: Any
+    on: Any = attrs.field(factory=contextlib.nullcontext)
 
     def __call__(self, data: Any, grad: Any, step: int) -> None:
-        self.rule.update_xp(data, grad, self.arrays, self.scalars(step), self.xp)
+        with self.on:
+            self.rule.update_xp(data, grad, self.arrays, self.scalars(step), self.xp)
 
 
 @attrs.define(slots=True, eq=False)
@@ -160,7 +165,7 @@ def choose(rule: Any, scalars: Scalars, device: Device, arrays: list[Any],
         # array-API path, which rounds after every operation.
         if device.kind == "cuda" and dtype_name(dtype) != "float16":
             return CudaKernel(rule, arrays, scalars, device.native)
-        return ArrayApiKernel(rule, arrays, scalars, device.xp)
+        return ArrayApiKernel(rule, arrays, scalars, device.xp, on_device(device))
     size = int(np.prod(shape, dtype=np.int64))
     compiled = _compiled(rule, scalars, size, dtype) if contiguous else None
     if compiled is not None:

@@ -19,9 +19,10 @@ _ADAM = Elementwise(
     "T bias_correction2_sqrt, T eps, T decay", "T param, T m, T v", """
 m = beta1 * m + one_minus_beta1 * grad;
 v = beta2 * v + one_minus_beta2 * grad * grad;
-param *= decay;
-param -= step_size * (m / (sqrt(v) / bias_correction2_sqrt + eps));
-""")
+if (decay != T(1)) param *= decay;
+T delta = step_size * (m / (sqrt(v) / bias_correction2_sqrt + eps));
+if (delta != T(0) || (signbit(delta) && signbit(param))) param -= delta;
+""")  # (the skipped operations are exact no-ops that would flush a subnormal param: cuda.py)
 
 
 class Adam(Optimizer):

@@ -13,7 +13,10 @@ from ...params import Param
 from ..optimizer import Optimizer
 from ..ranges import restrict_range
 
-_SGD = Elementwise("sgd", "T grad, T lr", "T param", "param -= lr * grad;")
+#: (``param -= 0`` is skipped where it is an exact no-op, unlike -0 - -0 = +0: run, it would
+#: flush a subnormal param; see cuda.py)
+_SGD = Elementwise("sgd", "T grad, T lr", "T param", "T delta = lr * grad; "
+                   "if (delta != T(0) || (signbit(delta) && signbit(param))) param -= delta;")
 _MOMENTUM_BODY = "T b = first ? grad : T(momentum * buf + grad); buf = b; param -= lr * ({});"
 _MOMENTUM_IN, _MOMENTUM_OUT = "T grad, T momentum, T lr, int32 first", "T param, T buf"
 _MOMENTUM = Elementwise("momentum", _MOMENTUM_IN, _MOMENTUM_OUT, _MOMENTUM_BODY.format("b"))

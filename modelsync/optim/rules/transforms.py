@@ -3,13 +3,13 @@ and ClipNorm (one factor for all bound gradients, so a step of its own)."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
+from ...devices import on_device
 from ...kernels.cuda import Elementwise
 from ...params import Param
 from ...transfers import copy_to
@@ -61,6 +61,9 @@ class ClipValue(GradientTransform):
         return (self.limit,)
 
     def update_xp(self, _: Any, grad: Any, state: list[Any], s: tuple, xp: Any) -> None:
+        if type(grad).__module__.startswith("cupy"):  # float16 on a GPU (no fused kernel):
+            self.update_cuda(_, grad, state, s)  # array-api-compat's clip masks on the host
+            return
         grad[...] = xp.clip(grad, min=-s[0], max=s[0])
 
     def update_host(self, _: Any, grad: Any, state: list[Any], s: tuple,
@@ -115,26 +118,22 @@ class ClipNorm(GradientTransform):
         primary = devices[0]
         sums = {}
         for dev, gs in groups.items():
-            with _current(dev):
+            with on_device(dev):
                 sums[dev] = _sum_of_squares(gs)
-        total_sq = sums[primary]
-        for dev in devices[1:]:
-            total_sq = total_sq + copy_to(sums[dev], primary, reason="ClipNorm global norm",
-                                          what="grad")
-        xp = namespace(total_sq)
-        coef = xp.minimum(self.max_norm / (xp.sqrt(total_sq) + CLIP_NORM_EPS), 1.0)
+        with on_device(primary):  # (the total and the factor are made on the first device)
+            total_sq = sums[primary]
+            for dev in devices[1:]:
+                total_sq = total_sq + copy_to(sums[dev], primary, reason="ClipNorm global norm",
+                                              what="grad")
+            xp = namespace(total_sq)
+            coef = xp.minimum(self.max_norm / (xp.sqrt(total_sq) + CLIP_NORM_EPS), 1.0)
         for dev, gs in groups.items():
             here = coef if dev == primary else copy_to(coef, dev, reason="ClipNorm global norm",
                                                        what="grad")
             gxp = namespace(here)
-            with _current(dev):
+            with on_device(dev):
                 for g in gs:
                     g *= gxp.astype(here, g.dtype)
-
-
-def _current(dev: Any) -> Any:
-    """The context that makes ``dev`` the current GPU (CuPy launches on the current one)."""
-    return dev.native if dev.kind == "cuda" else contextlib.nullcontext()
 
 
 def _sum_of_squares(grads: list[Any]) -> Any:
