@@ -151,8 +151,7 @@ def _compare(comm: Comm, op: str, digest: bytes, failed: bool, gpu_groups: int
     comm.collective(f"{op} (operation #{comm.seq})", blocking=arrivals.reduce,
                     nonblocking=lambda: None,  # (never called: there is a watchdog)
                     missing=arrivals.missing,
-                    deadline=comm.deadline() if root else
-                    comm.deadline(1.0 + 0.05 * comm.timeout))
+                    grace=0.0 if root else 1.0 + 0.05 * comm.timeout)
     both = int.from_bytes(words[:n], "little"), int.from_bytes(words[n:2 * n], "little")
     return both[0] != both[1] ^ ALL_ONES, int.from_bytes(words[2 * n:], "little")
 

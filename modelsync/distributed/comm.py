@@ -95,17 +95,16 @@ class Comm:
 
     def collective(self, what: str, *, blocking: Callable[[], None],
                    nonblocking: Callable[[], Any], missing: Callable[[list[int]], str],
-                   deadline: float | None = None) -> None:
+                   grace: float = 0.0) -> None:
         """Run one collective: ``blocking()`` (the MPI's blocking call) under the watchdog,
         or, where there is none, the request ``nonblocking()`` returns, polled (`wait`).
-        Past ``deadline`` (default: `timeout` from now) the job ends naming ``what`` and
+        Past `timeout` (and ``grace`` seconds more) the job ends naming ``what`` and
         ``missing([0])``."""
         watchdog = self.watchdog
-        deadline = self.deadline() if deadline is None else deadline
         if watchdog is None:
-            self.wait([nonblocking()], what, deadline=deadline, missing=missing)
+            self.wait([nonblocking()], what, deadline=self.deadline(grace), missing=missing)
             return
-        token = watchdog.arm(what, deadline, missing)
+        token = watchdog.arm(what, self.deadline(), missing, grace)
         try:
             blocking()
         finally:
@@ -118,24 +117,26 @@ class Watchdog:
 
     Arming and disarming are a lock and an assignment, and never wake the thread: it wakes
     by itself, at the deadline of what was armed when it went to sleep, or ``timeout`` after
-    that if nothing was, and then sleeps towards what is armed now. A later collective's
-    deadline is later still, so it is never missed; the agreements' (``1 + 0.05·timeout``
-    longer on all but rank 0, see `agree`) may be noticed that much late. Waking the thread
-    per collective instead, on a busy machine, made the rank wait for the GIL for
-    milliseconds after every MPI call. Its message is built on the thread (``missing`` may
+    that if nothing was, and then sleeps towards what is armed now. Every deadline is
+    ``timeout`` after its arming, so a later collective's is later still and is never
+    missed; a ``grace`` (an agreement's on all but rank 0, so that rank 0 speaks first, see
+    `agree`) is only slept once the deadline has passed with the collective still running.
+    Waking the thread per collective instead, on a busy machine, made the rank wait for the
+    GIL for milliseconds after every MPI call. Its message is built on the thread (``missing`` may
     exchange messages with the other ranks: the MPI takes calls from several threads)."""
 
     def __init__(self, comm: Comm) -> None:
         self._comm = comm
         self._cond = threading.Condition(threading.Lock())
-        self._armed: tuple[int, float, str, Callable[[list[int]], str]] | None = None
+        self._armed: tuple[int, float, float, str, Callable[[list[int]], str]] | None = None
         self._count = 0
         self._thread: threading.Thread | None = None
 
-    def arm(self, what: str, deadline: float, missing: Callable[[list[int]], str]) -> int:
+    def arm(self, what: str, deadline: float, missing: Callable[[list[int]], str],
+            grace: float = 0.0) -> int:
         with self._cond:
             self._count += 1
-            self._armed = (self._count, deadline, what, missing)
+            self._armed = (self._count, deadline, grace, what, missing)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name="modelsync-watchdog")
@@ -156,9 +157,12 @@ class Watchdog:
                 if armed is None:
                     cond.wait(self._comm.timeout)
                     continue
-                _, deadline, what, missing = armed
+                _, deadline, grace, what, missing = armed
                 if deadline > now:
                     cond.wait(deadline - now)
+                    continue
+                if deadline + grace > now:
+                    cond.wait(deadline + grace - now)
                     continue
             fail_stuck(self._comm, f"{what}: {missing([0])}")  # (does not return)
 
