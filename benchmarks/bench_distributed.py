@@ -214,11 +214,16 @@ def peers(settings: Settings, comm, world: str) -> Iterator[Row]:
         s = t.samples
         ratio = statistics.median((d - lo) / g for d, lo, g in zip(s["ddp"], s["local"],
                                                                      s["gloo"], strict=True))
-        yield ratio_row(DDP.format(label) + world, ratio, None,
-                        f"forward+backward under DDP {fmt_seconds(t.median('ddp'))} − plain "
-                        f"{fmt_seconds(t.median('local'))} vs gloo all_reduce of "
-                        f"{fmt_bytes(flat.numel() * 4)} {fmt_seconds(t.median('gloo'))} "
-                        f"(medians of {rounds.rounds} turns)")
+        if comm.size == 1:
+            yield ratio_row(DDP.format(label) + world, t.ratio("ddp", "local"), None,
+                            "a world of one: no DDP wrapper and nothing averaged, so this is "
+                            "the plain forward+backward over itself (a smoke test)")
+        else:
+            yield ratio_row(DDP.format(label) + world, ratio, None,
+                            f"forward+backward under DDP {fmt_seconds(t.median('ddp'))} − "
+                            f"plain {fmt_seconds(t.median('local'))} vs gloo all_reduce of "
+                            f"{fmt_bytes(flat.numel() * 4)} {fmt_seconds(t.median('gloo'))} "
+                            f"(medians of {rounds.rounds} turns)")
         model = ms.distributed.replicate(
             cases(settings)[[c[0] for c in cases(settings)].index(label)][1]()
             if comm.rank == 0 else None, comm)

@@ -164,7 +164,11 @@ class Watchdog:
                 if deadline + grace > now:
                     cond.wait(deadline + grace - now)
                     continue
-            fail_stuck(self._comm, f"{what}: {missing([0])}")  # (does not return)
+            try:
+                who = missing([0])
+            except Exception as exc:  # (the job must end all the same)
+                who = f"it did not complete within {self._comm.timeout:g} s ({exc!r})"
+            fail_stuck(self._comm, f"{what}: {who}")  # (does not return)
 
 
 def _threads_ok() -> bool:
