@@ -406,7 +406,7 @@ def main(argv: list[str]) -> None:
     if group.startswith("lost"):
         lost(comm, int(group[len("lost"):]))
         return
-    results = {"size": comm.size, "rank": comm.rank}
+    results = {"size": comm.size, "rank": comm.rank, "watched": comm.watchdog is not None}
     for scenario in GROUPS[group]:
         name = scenario.__name__[2:]
         try:

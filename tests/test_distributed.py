@@ -22,14 +22,23 @@ RANKS = str(Path(__file__).with_name("distributed_ranks.py"))
 LAUNCH_TIMEOUT = 120  # seconds; a launch normally takes 3-8 s on two busy cores
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=["n2", "n3"])
+#: An MPI started without THREAD_MULTIPLE has no watchdog thread: every collective is then a
+#: polled non-blocking one and the agreement goes through rank 0 (the fallback path).
+NO_THREADS = {"MPI4PY_RC_THREAD_LEVEL": "serialized"}
+
+
+@pytest.fixture(scope="module", params=[(2, False), (3, False), (2, True)],
+                ids=["n2", "n3", "n2-no-threads"])
 def job(request, tmp_path_factory):
-    """Every rank's results of one ``main`` launch of 2 or 3 ranks."""
-    n = request.param
+    """Every rank's results of one ``main`` launch of 2 or 3 ranks (blocking collectives
+    under the watchdog), and of 2 ranks whose MPI has no threads for it."""
+    n, polled = request.param
     out = tmp_path_factory.mktemp(f"mpi{n}")
-    done = run_mpi(n, [RANKS, "main", str(out)], timeout=LAUNCH_TIMEOUT, out=out)
+    done = run_mpi(n, [RANKS, "main", str(out)], timeout=LAUNCH_TIMEOUT, out=out,
+                   env=NO_THREADS if polled else None)
     assert done.returncode == 0, f"the job failed:\n{done.stdout}\n{done.stderr}"
     assert [r.get("rank") for r in done.results] == list(range(n)), done.stderr
+    assert [r["watched"] for r in done.results] == [not polled] * n  # which path ran
     for rank, result in enumerate(done.results):
         broken = {k: v["crashed"] for k, v in result.items()
                   if isinstance(v, dict) and "crashed" in v}
