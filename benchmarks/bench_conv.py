@@ -35,7 +35,7 @@ from common import (  # noqa: E402
 )
 
 import modelsync as ms  # noqa: E402
-from modelsync import layers, losses, optim  # noqa: E402
+from modelsync import layers, losses, optim, workloads  # noqa: E402
 from modelsync.layers import Context  # noqa: E402
 
 torch = optional_torch()
@@ -111,21 +111,29 @@ def torch_cnn() -> object:
                          nn.Flatten(), nn.Linear(32, 10))
 
 
-def step_sides(settings: Settings) -> tuple[dict[str, Callable[[], float]], float]:
+def demo_torch_cnn() -> object:
+    """The demo CNN's twin (modelsync.workloads.build_cnn), module for module."""
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, 10))
+
+
+def step_sides(settings: Settings, model: object, net: object, shift: int = 0
+               ) -> tuple[dict[str, Callable[[], float]], float]:
     """One Adam step on each side (cycling through a few batches), and the largest loss
-    difference over the first steps from the same weights."""
+    difference over the first steps from the same weights (torch's get ours by name;
+    ``shift``: torch's last module comes that many places later, after its extra Flatten)."""
     rng = np.random.default_rng(0)
     count = 2 if settings.tiny else 8
     xs = rng.standard_normal((count, 32, 1, 8, 8)).astype(np.float32)
     ys = rng.integers(0, 10, size=(count, 32))
-    model = cnn()
-    net = torch_cnn()
-    # torch's Sequential numbers its children as our Chain does, but Flatten is one extra
-    with torch.no_grad():
-        for ours_i, theirs_i in ((0, 0), (3, 3), (6, 7)):
-            for name in ("weight", "bias"):
-                getattr(net[theirs_i], name).copy_(
-                    torch.from_numpy(np.asarray(getattr(model.layers[ours_i], name).value)))
+    names = ms.interop.torch_sequential_names(model)
+    last = str(len(model.layers) - 1)
+    names = {k: (str(int(last) + shift) + v[len(last):] if v.startswith(last + ".") else v)
+             for k, v in names.items()}
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in
+                         ms.state_dict(model, names=names).items()})
     opt = optim.Adam(ms.params(model), lr=1e-3)
     topt = torch.optim.Adam(net.parameters(), lr=1e-3, foreach=True)
     batches = [(xs[i], ys[i]) for i in range(count)]
@@ -154,14 +162,22 @@ def step_sides(settings: Settings) -> tuple[dict[str, Callable[[], float]], floa
 
 
 def step_rows(settings: Settings) -> Iterator[Row]:
-    what = "digits CNN training step (2 Conv2d, MaxPool2d, GlobalAvgPool, Dense; Adam) vs torch"
-    if torch is None:
-        yield na_row(what, goal_of(1.0), NO_TORCH)
-        return
-    sides, diff = step_sides(settings)
-    timings = in_turns(sides, settings)
-    yield compared(what, timings, "modelsync", "torch Adam foreach", 1.0,
-                   f"{blas_threads()} threads each; first losses differ by at most {diff:.1e}")
+    cases = [
+        ("digits CNN training step (2 Conv2d, MaxPool2d, GlobalAvgPool, Dense; Adam) vs torch",
+         cnn, lambda: torch_cnn(), 1),
+        ("demo CNN training step (modelsync demo --model cnn: 2 Conv2d with BatchNorm, "
+         "MaxPool2d, Flatten, Dense; Adam) vs torch", lambda: workloads.build_cnn(0),
+         lambda: demo_torch_cnn(), 0),
+    ]
+    for what, ours, theirs, shift in cases:
+        if torch is None:
+            yield na_row(what, goal_of(1.0), NO_TORCH)
+            continue
+        sides, diff = step_sides(settings, ours(), theirs(), shift)
+        timings = in_turns(sides, settings)
+        yield compared(what, timings, "modelsync", "torch Adam foreach", 1.0,
+                       f"{blas_threads()} threads each; first losses differ by at most "
+                       f"{diff:.1e}")
 
 
 def rows(settings: Settings) -> Iterator[Row]:

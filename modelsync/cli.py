@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from .errors import ModelSyncError
+from .errors import ArgumentError, ModelSyncError
 
 PROG = "modelsync"
 EXIT_ERROR = 1  # the library refused (bad device, unwritable folder, unreadable file)
@@ -53,8 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     _device_option(demo)
     demo.add_argument("--mode", default="all", choices=("wrap", "copy", "move", "all"),
                       help="which conversion mode to run (default: all three)")
+    demo.add_argument("--model", default="mlp", choices=("mlp", "cnn", "lm"),
+                      help="mlp: the digits MLP (default); cnn: a CNN with BatchNorm on the "
+                           "digits images; lm: a character-level transformer with tied "
+                           "embeddings on the text of Python's pydoc_data.topics")
     demo.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
-                      help="passes over the 1,437 training images (default: 12)")
+                      help="passes over the training data (default: the model's own: mlp "
+                           "12, cnn 8, lm 1)")
     demo.add_argument("--out", default=None, metavar="DIR",
                       help="folder for the saved .safetensors files (created if needed; "
                            "default: a temporary folder, removed afterwards)")
@@ -158,6 +163,9 @@ _natural, _positive_int = _int_from(0), _int_from(1)
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
+    if args.model != "mlp" and (args.distributed or args.ranks is not None):
+        raise ArgumentError(f"--model {args.model} runs in one process; the distributed demo "
+                            "(--ranks, --distributed) trains the mlp")
     if args.ranks is not None:
         return _launch_ranks(args)
     if args.distributed:
@@ -167,7 +175,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         demo.check_writable_dir(args.out, label="--out")
     print(device_line, flush=True)
     rows = demo.run_demo(
-        dev=dev, modes=args.mode, epochs=args.epochs or demo.DEFAULT_EPOCHS, out=args.out,
+        dev=dev, modes=args.mode, epochs=args.epochs, out=args.out, model=args.model,
         progress=args.progress, seed=args.seed, log=lambda line: print(line, flush=True))
     print()
     for line in demo.summary_lines(rows, kept=args.out is not None):

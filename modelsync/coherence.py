@@ -21,7 +21,7 @@ from .errors import CoherenceError
 from .identity import IdentityMap
 from .params import Param
 from .transfers import copy_to
-from .tree import params
+from .tree import buffers, params
 
 BOTH, ORIGINAL, TWIN = "both", "original", "twin"
 _collecting = False  # True while a collected wrapper is being detached (see _forget)
@@ -200,8 +200,11 @@ _wrappings: IdentityMap[Wrapping] = IdentityMap()
 
 
 def link_params(original: Any, twins: dict[int, Param]) -> Wrapping:
-    """Link every Param of ``original`` to its twin (``twins`` is keyed by Param id)."""
-    return Wrapping(original, [Link(p, twins[id(p)]) for p in params(original)])
+    """Link every Param and Buffer of ``original`` to its twin (``twins`` is keyed by id):
+    a Buffer is kept coherent exactly as a Param is (a training step updates the twin's
+    running statistics and moves nothing; a read of the original pulls once)."""
+    return Wrapping(original, [Link(p, twins[id(p)])
+                               for p in [*params(original), *buffers(original)]])
 
 
 def register_wrapper(wrapper: Any, wrapping: Wrapping) -> None:
@@ -239,7 +242,7 @@ def detach_wrapper(wrapper: Any) -> None:
 def check_unlinked(model: Any, action: str) -> None:
     """CoherenceError if any Param of ``model`` takes part in a wrap: an original has one
     wrapper at a time, and neither it nor its wrapper may be moved or wrapped again."""
-    for p in params(model):
+    for p in [*params(model), *buffers(model)]:
         link = p.link
         if link is not None:
             role = "a wrapped original" if link.original is p else "a wrapper"

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import coherence, flat, interrupts
+from .buffers import Buffer
 from .devices import HOST, Device, device, is_array
 from .errors import ArgumentError, ArgumentTypeError, CoherenceError
 from .params import Param
@@ -25,6 +26,7 @@ from .rebuild import rebuild
 from .syncing import sync as sync  # (re-exported: `from .convert import sync` still works)
 from .transfers import copy_to, to_device_array
 from .tree import (
+    buffers,
     cache_of,
     is_layer,
     mark_moved,
@@ -124,7 +126,24 @@ def _flat_twins(model: Any, target: Device, reason: str) -> dict[int, Param]:
         buffer = flat.copy_flat(group, target, reason=reason, read=_value, source=on)
         made = flat.params_on(buffer, group, sizes=sizes, shapes=shapes)
         twins.update(zip(map(id, group), made, strict=True))
+    for group, buffer in _copied_buffers(model, target, reason, _value):
+        store = flat.FlatStore(buffer, flat.sizes_of(group))  # (so sync copies it whole)
+        made = Buffer.twins_in_store(store.views([b.shape for b in group]), store.device,
+                                     group, store)
+        store.hold(made)
+        twins.update(zip(map(id, group), made, strict=True))
     return twins
+
+
+def _copied_buffers(model: Any, target: Device, reason: str, read: Any
+                    ) -> list[tuple[list[Buffer], Any]]:
+    """``model``'s Buffers grouped by dtype, each group copied to ``target`` as one new 1-D
+    array (one counted transfer per dtype, as for Params)."""
+    if not cache_of(model).with_buffers:  # (most models: nothing to do, at no cost)
+        return []
+    found = buffers(model)
+    return [(group, flat.copy_flat(group, target, reason=reason, read=read))
+            for group in flat.group_by_dtype(found).values()]
 
 
 Layout = list[tuple[list[Param], "Device | None", list[int], list[tuple[int, ...]]]]
@@ -165,9 +184,13 @@ def _move(model: Any, target: Device, reason: str = "to_device(mode='move')") ->
         grads = [None if p.grad is None else copy_to(p.grad, target, reason=reason, what="grad")
                  for p in group]
         staged.append((group, buffer, grads))
+    kept = [(group, buffer) for group, buffer in _copied_buffers(
+        model, target, reason, lambda b: b.storage()) if any(b.device != target for b in group)]
     moved = rebuild(model, lambda p: p)  # (before any Param changes: it may still fail)
     for group, buffer, grads in staged:
         flat.adopt(group, buffer, grads)
+    for group, buffer in kept:  # (the same Buffers, re-homed into a flat store of their own)
+        flat.adopt(group, buffer, [None] * len(group))
     mark_moved(model, str(target))
     return moved
 

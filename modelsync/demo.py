@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,23 +21,26 @@ from typing import Any
 
 import attrs
 import numpy as np
+from tqdm.auto import tqdm
 
-from . import layers, losses
 from .convert import MODES, sync, to_device, to_host
-from .datasets import DIGITS_CITATION, load_digits
 from .devices import HOST, Device, cuda_status, device
 from .errors import ArgumentError, ArgumentTypeError
-from .train import train
+from .layers.base import param_device
+from .train import backprop
 from .transfers import TransferLedger, copy_to, track_transfers
 from .tree import graph_id, params
+from .update_bn import update_bn
+from .workloads import HIDDEN as HIDDEN
+from .workloads import WORKLOADS, Workload, build_mlp, workload
 from .xp import namespace
 
 #: The order the demo runs the modes in: the wrapper first, as the original discussion did.
 DEMO_MODES = ("wrap", "copy", "move")
-DEFAULT_EPOCHS = 12
-BATCH_SIZE = 32
-LEARNING_RATE = 3e-3
-HIDDEN = 128
+DEFAULT_EPOCHS = WORKLOADS["mlp"].epochs
+BATCH_SIZE = WORKLOADS["mlp"].batch_size
+LEARNING_RATE = WORKLOADS["mlp"].lr
+EMA_TAU = 0.05  # the EMA copy's soft-sync rate after each step
 PHASES = ("convert", "data", "train", "evaluate", "save", "load", "sync")
 
 
@@ -72,6 +76,12 @@ class DemoRow:
     ranks: int = 0  # 0: not a distributed run
     global_batch: int = BATCH_SIZE
     collective_bytes_per_step: float = 0.0
+    model: str = "mlp"  # the workload (modelsync.workloads)
+    metric: str = "test acc"  # what ``accuracy`` measures ("val acc": per next character)
+    ema_accuracy: float = float("nan")  # the EMA copy's, buffers copied by each soft sync
+    ema_bn_accuracy: float = float("nan")  # the EMA copy's after ms.update_bn (BatchNorm)
+    valid_loss: float = float("nan")  # the reloaded file's mean loss on the held-out data
+    sample: str = ""  # a language model's generated text
 
 
 def resolve_device(spec: Device | str = "auto") -> tuple[Device, str]:
@@ -119,54 +129,60 @@ def check_writable_dir(out: str | os.PathLike[str], label: str = "out") -> Path:
 
 
 def build_model(seed: int) -> Any:
-    """The demo's classifier, on the host: Dense(64, 128, relu) -> Dense(128, 10)."""
-    return layers.Chain(layers.Dense(64, HIDDEN, "relu", seed=seed),
-                        layers.Dense(HIDDEN, 10, seed=seed + 1))
+    """The demo's default classifier (the MLP), on the host."""
+    return build_mlp(seed)
 
 
 def device_batches(x: Any, y: Any, batch_size: int) -> list[tuple[Any, Any]]:
     """Minibatches as slices of arrays already on the device: no per-step transfer."""
     n = int(x.shape[0])
-    return [(x[i:min(i + batch_size, n), ...], y[i:min(i + batch_size, n)])
+    return [(x[i:min(i + batch_size, n), ...], y[i:min(i + batch_size, n), ...])
             for i in range(0, n, batch_size)]
 
 
-def accuracy(model: Any, x: Any, labels: np.ndarray) -> float:
-    """Fraction of ``x`` (on the model's device) classified as ``labels`` (host ints).
-
-    The predicted classes (not the logits) come back to the host through the counted door.
-    """
+def predictions(model: Any, x: Any) -> np.ndarray:
+    """The classes ``model`` predicts for ``x`` (on the model's device), as host ints: only
+    the predicted classes (not the logits) come back, through the counted door."""
     logits = model(x)
-    classes = namespace(logits).argmax(logits, axis=1)
-    predicted = copy_to(classes, HOST, reason="evaluate", what="data")
-    return float(np.mean(predicted == labels))
+    classes = namespace(logits).argmax(logits, axis=-1)
+    return np.asarray(copy_to(classes, HOST, reason="evaluate", what="data"))
+
+
+def accuracy(model: Any, x: Any, labels: np.ndarray) -> float:
+    """Fraction of ``x`` (on the model's device) classified as ``labels`` (host ints); for a
+    language model, the fraction of next characters predicted."""
+    return float(np.mean(predictions(model, x) == labels))
 
 
 def run_demo(*, dev: Device | str = "auto", modes: str | Sequence[str] = "all",
-             epochs: int = DEFAULT_EPOCHS, out: str | os.PathLike[str] | None = None,
-             progress: bool = True, seed: int = 0,
+             epochs: int | None = None, out: str | os.PathLike[str] | None = None,
+             progress: bool = True, seed: int = 0, model: str = "mlp",
              log: Callable[[str], None] | None = None) -> list[DemoRow]:
-    """Run the demo for each of ``modes`` on ``dev`` and return one `DemoRow` per mode.
+    """Run the demo of ``model`` (``"mlp"``, ``"cnn"`` or ``"lm"``) for each of ``modes`` on
+    ``dev`` and return one `DemoRow` per mode.
 
-    ``out`` is the folder for the saved ``.safetensors`` files (checked writable before any
-    training; default: a temporary folder, removed afterwards). ``log`` receives progress
-    lines ("wrap: trained 540 steps ...").
+    ``epochs`` defaults to the model's own (`modelsync.workloads`). ``out`` is the folder for
+    the saved ``.safetensors`` files (checked writable before any training; default: a
+    temporary folder, removed afterwards). ``log`` receives progress lines.
     """
     target = device(dev)
     chosen = check_modes(modes)
+    work = workload(model)
+    epochs = work.epochs if epochs is None else epochs
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ArgumentError(f"epochs={epochs!r} is outside [1, ∞)")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ArgumentTypeError(f"seed={seed!r} is a {type(seed).__name__}; expected an int")
-    data = load_digits()
+    data = work.data()
     say = log or (lambda _line: None)
     with _out_folder(out) as folder:
         rows = []
         for mode in chosen:
             row = run_mode(mode, target, data, epochs=epochs, folder=folder,
-                           progress=progress, seed=seed)
-            say(f"{mode}: {row.steps} steps in {row.train_seconds:.2f} s, test accuracy "
-                f"{row.accuracy:.3f}, {format_bytes(row.bytes_per_step)} per step")
+                           progress=progress, seed=seed, work=work)
+            say(f"{mode}: {row.steps} steps in {row.train_seconds:.2f} s, {row.metric} "
+                f"{row.accuracy:.3f} (EMA copy {row.ema_accuracy:.3f}), "
+                f"{format_bytes(row.bytes_per_step)} per step")
             rows.append(row)
     return rows
 
@@ -191,32 +207,62 @@ class PhaseLedgers(dict):
             yield ledger
 
 
+def train_with_ema(model: Any, ema: Any, batches: Sequence[tuple[Any, Any]], loss_fn: Any,
+                   optimizer: Any, *, epochs: int, progress: bool) -> list[float]:
+    """The guide's loop (zero_grad, backprop, step) with an EMA copy of the same graph kept in
+    step after every step by ``ms.sync(ema, model, tau=EMA_TAU)`` on the same device: no byte
+    crosses to the host."""
+    step_losses: list[float] = []
+    with tqdm(total=len(batches) * epochs, disable=True if not progress else None,
+              file=sys.stderr, desc="train", unit="step", leave=False) as bar:
+        for _ in range(epochs):
+            for x, y in batches:
+                optimizer.zero_grad()
+                step_losses.append(backprop(model, loss_fn, x, y))
+                optimizer.step()
+                sync(ema, model, tau=EMA_TAU)
+                bar.update(1)
+    return step_losses
+
+
 def run_mode(mode: str, dev: Device, data: tuple[np.ndarray, ...], *, epochs: int,
-             folder: Path, progress: bool, seed: int) -> DemoRow:
-    """One mode's workflow: convert, train, save back to host, reload and check, sync."""
+             folder: Path, progress: bool, seed: int, work: Workload | None = None) -> DemoRow:
+    """One mode's workflow: convert, train (with an EMA copy), save back to host, reload and
+    check, sync."""
     from .io import load, save
     from .optim import Adam
 
+    work = work or workload("mlp")
     x_train, y_train, x_test, y_test = data
     ledgers = PhaseLedgers()
     phase = ledgers.track
 
-    original = build_model(seed)
+    original = work.build(seed)
     twin = to_host(original, mode="copy")  # a second copy of the same graph, for sync
+    ema = to_device(original, dev, mode="copy")  # the EMA copy, made before a move
     with phase("convert"):
         model = to_device(original, dev, mode=mode)
     with phase("data"):
-        batches = device_batches(to_device(x_train, dev), to_device(y_train, dev), BATCH_SIZE)
+        batches = device_batches(to_device(x_train, dev), to_device(y_train, dev),
+                                 work.batch_size)
         x_test_dev = to_device(x_test, dev)
-    optimizer = Adam(params(model), lr=LEARNING_RATE)
+    optimizer = Adam(params(model), lr=work.lr)
     with phase("train"):
         start = time.perf_counter()
-        step_losses = train(model, batches, losses.cross_entropy, optimizer, epochs=epochs,
-                            progress=progress)
+        step_losses = train_with_ema(model, ema, batches, work.loss, optimizer, epochs=epochs,
+                                     progress=progress)
         seconds = time.perf_counter() - start
     with phase("evaluate"):
         device_acc = accuracy(model, x_test_dev, y_test)
-    path = folder / f"digits-mlp-{mode}.safetensors"
+        ema_acc = accuracy(ema, x_test_dev, y_test)
+        if work.batchnorm:  # the EMA's statistics recomputed for its own weights
+            refreshed = to_device(ema, dev, mode="copy")
+            update_bn(refreshed, [x for x, _ in batches])
+            ema_bn_acc = accuracy(refreshed, x_test_dev, y_test)
+        else:
+            ema_bn_acc = float("nan")
+        sample = generate(model, "def ", 80, seed=seed) if work.language else ""
+    path = folder / f"{work.file_stem}-{mode}.safetensors"
     with phase("save"):
         # wrap: the original is the host model, and reading it pulls the trained values once;
         # copy and move: the device model is saved from its current values.
@@ -224,10 +270,11 @@ def run_mode(mode: str, dev: Device, data: tuple[np.ndarray, ...], *, epochs: in
     with phase("load"):
         reloaded = load(path, device="host")
     host_acc = accuracy(reloaded, x_test, y_test)
+    valid_loss = float(work.loss(reloaded(x_test), y_test))
     with phase("sync"):
         sync(twin, model)
-    synced = bool(np.array_equal(np.argmax(twin(x_test), axis=1),
-                                 np.argmax(reloaded(x_test), axis=1)))
+    synced = bool(np.array_equal(np.argmax(twin(x_test), axis=-1),
+                                 np.argmax(reloaded(x_test), axis=-1)))
     per_phase = {name: (ledger.h2d_bytes, ledger.d2h_bytes, ledger.d2d_bytes)
                  for name, ledger in ledgers.items()}
     steps = len(step_losses)
@@ -241,7 +288,28 @@ def run_mode(mode: str, dev: Device, data: tuple[np.ndarray, ...], *, epochs: in
         param_bytes=sum(p.nbytes for p in params(model)),
         file_bytes=path.stat().st_size, file=str(path),
         synced=synced, same_graph=graph_id(reloaded) == graph_id(model),
-        phase_bytes=per_phase)
+        phase_bytes=per_phase, model=work.name, global_batch=work.batch_size,
+        metric="val acc" if work.language else "test acc", ema_accuracy=ema_acc,
+        ema_bn_accuracy=ema_bn_acc, valid_loss=valid_loss, sample=sample)
+
+
+def generate(model: Any, prompt: str, length: int, *, seed: int = 0,
+             temperature: float = 0.8) -> str:
+    """``length`` characters sampled from a language model after ``prompt``, on the model's
+    device (each step sends its context there and brings back one row of logits, as data)."""
+    from .workloads import CONTEXT, decode, encode
+
+    dev = param_device(model)
+    rng = np.random.default_rng(seed)
+    tokens = list(encode(prompt))
+    for _ in range(length):
+        context = np.asarray(tokens[-CONTEXT:], dtype=np.int64)[None, :]
+        logits = model(copy_to(context, dev, reason="generate", what="data"))
+        last = np.asarray(copy_to(logits[0, -1, ...], HOST, reason="generate", what="data"),
+                          dtype=np.float64) / temperature
+        probs = np.exp(last - last.max())
+        tokens.append(int(rng.choice(len(probs), p=probs / probs.sum())))
+    return decode(tokens)
 
 
 # -- printing ---------------------------------------------------------------------------------
@@ -263,18 +331,26 @@ def format_bytes(n: float) -> str:
     return f"{value:.1f} GiB"
 
 
-TABLE_HEADER = ("mode", "test acc", "train s", "host→dev", "dev→host", "per step",
+TABLE_HEADER = ("mode", "test acc", "EMA acc", "train s", "host→dev", "dev→host", "per step",
                 "file size")
 
 
 def table_lines(rows: Sequence[DemoRow]) -> list[str]:
-    """The summary table, one line per mode, aligned, with a header and rule (and, for a
-    distributed run, a column of bytes per step across processes)."""
+    """The summary table, one line per mode, aligned, with a header and rule (a distributed
+    run adds a column of bytes per step across processes; a BatchNorm model the EMA copy's
+    accuracy after ``ms.update_bn``; a language model its validation loss)."""
     across = any(r.ranks for r in rows)
-    header = TABLE_HEADER + (("across/step",) if across else ())
+    batchnorm = any(r.ema_bn_accuracy == r.ema_bn_accuracy for r in rows)  # (not NaN)
+    language = rows[0].metric == "val acc"
+    header = (("mode", rows[0].metric, "EMA " + rows[0].metric.split()[-1])
+              + (("EMA+update_bn",) if batchnorm else ()) + (("val loss",) if language else ())
+              + TABLE_HEADER[3:] + (("across/step",) if across else ()))
     cells = [header] + [
-        (r.mode, f"{r.accuracy:.3f}", f"{r.train_seconds:.2f}", format_bytes(r.h2d_bytes),
-         format_bytes(r.d2h_bytes), format_bytes(r.bytes_per_step), format_bytes(r.file_bytes))
+        (r.mode, f"{r.accuracy:.3f}", f"{r.ema_accuracy:.3f}")
+        + ((f"{r.ema_bn_accuracy:.3f}",) if batchnorm else ())
+        + ((f"{r.valid_loss:.3f}",) if language else ())
+        + (f"{r.train_seconds:.2f}", format_bytes(r.h2d_bytes),
+           format_bytes(r.d2h_bytes), format_bytes(r.bytes_per_step), format_bytes(r.file_bytes))
         + ((format_bytes(r.collective_bytes_per_step),) if across else ())
         for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
@@ -291,16 +367,24 @@ def summary_lines(rows: Sequence[DemoRow], *, kept: bool) -> list[str]:
     if not rows:
         return []
     first = rows[0]
+    work = workload(first.model)
     batch = (f"global batch {first.global_batch} ({first.global_batch // first.ranks} per "
-             f"rank)" if first.ranks else f"batch {BATCH_SIZE}")
+             f"rank)" if first.ranks else f"batch {first.global_batch}")
+    scored = ("val acc: next characters predicted by the saved file reloaded on the host "
+              "(held-out text)" if work.language else
+              "test acc: the saved file reloaded on the host")
     notes = [
-        f"data: {DIGITS_CITATION}; 1,437 train / 360 test",
-        f"model: Dense(64, {HIDDEN}, relu) -> Dense({HIDDEN}, 10), "
-        f"{format_bytes(first.param_bytes)} of parameters; Adam(lr={LEARNING_RATE}), "
-        f"{batch}, {first.steps} steps",
-        "test acc: the saved file reloaded on the host; host→dev / dev→host: every byte the "
-        "workflow moved (convert, data set once, evaluate, save, sync), from "
-        "ms.track_transfers(); per step: bytes moved per training step",
+        f"data: {work.citation}",
+        f"model: {work.description}, {format_bytes(first.param_bytes)} of parameters; "
+        f"Adam(lr={work.lr}), {batch}, {first.steps} steps",
+        f"{scored}; EMA: a copy of the same graph on the device, ms.sync(ema, model, "
+        f"tau={EMA_TAU}) after every step (0 bytes: same device)"
+        + ("; EMA+update_bn: that copy's BatchNorm statistics recomputed by ms.update_bn "
+           "(sync copies the trained model's statistics by default, buffers=\"copy\")"
+           if work.batchnorm else ""),
+        "host→dev / dev→host: every byte the workflow moved (convert, data set once, "
+        "evaluate, save, sync), from ms.track_transfers(); per step: bytes moved per "
+        "training step",
     ]
     phases = first.phase_bytes
     notes.append(
@@ -323,6 +407,8 @@ def summary_lines(rows: Sequence[DemoRow], *, kept: bool) -> list[str]:
     notes.append("sync: a host copy of the same graph synced from each trained model predicts "
                  f"exactly as the reloaded file{replicas}" if checks else
                  "sync: MISMATCH — a synced copy or a reloaded graph differs (see the rows)")
+    if first.sample:
+        notes.append("sample (" + first.mode + "): " + repr(first.sample))
     if kept:
         notes.append(f"files: {', '.join(r.file for r in rows)}")
     else:

@@ -1,12 +1,13 @@
 """ms.check_gradients: a layer's pullback against float64 central differences.
 
-The check runs on a float64 host copy of the layer (the layer itself is left untouched: no
-gradient is added to its Params). The scalar checked is ``sum(w * layer(x))`` for a fixed
-random cotangent ``w``; for the input and for each Param in turn, its directional derivative
-along a random unit direction ``u`` is estimated as ``(f(θ + εu) - f(θ - εu)) / 2ε`` and
-compared with ``<gradient, u>`` from the pullback. Every forward of the check draws its
-randomness (dropout) from the same seed, so a stochastic layer is checked as the fixed
-function one draw of it is.
+The check runs on a float64 host copy of the layer, its floating Buffers (running
+statistics) float64 too (the layer itself is left untouched: no gradient is added to its
+Params, and a training-mode forward of the copy updates only the copy's Buffers). The
+scalar checked is ``sum(w * layer(x))`` for a fixed random cotangent ``w``; for the input
+and for each Param in turn, its directional derivative along a random unit direction ``u``
+is estimated as ``(f(θ + εu) - f(θ - εu)) / 2ε`` and compared with ``<gradient, u>`` from
+the pullback. Every forward of the check draws its randomness (dropout) from the same seed,
+so a stochastic layer is checked as the fixed function one draw of it is.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from .checks import as_float
 from .errors import ArgumentError, ArgumentTypeError, GradientCheckError
 from .layers.base import Context, forward_pair
-from .tree import named_params, require_model
+from .tree import buffers, named_params, require_model
 
 _EPS = 1e-6  # the finite-difference step in float64 (error ~ eps² · f''' ≪ rtol)
 
@@ -37,12 +38,17 @@ def check_gradients(layer: Any, x: Any, *, seed: int = 0, rtol: float = 1e-4,
         raise ArgumentError(f"seed={seed!r} is outside [0, ∞) (expected a non-negative int)")
     if isinstance(directions, bool) or not isinstance(directions, int) or directions < 1:
         raise ArgumentError(f"directions={directions!r} is outside [1, ∞)")
-    from .convert import to_host
+    from .convert import to_device
 
-    work = to_host(layer, mode="copy")
+    # (to_device, not to_host: to_host of a wrapper returns its original, which the check
+    # would then change; a copy of the wrapper is what is checked)
+    work = to_device(layer, "host", mode="copy")
     named = named_params(work)
     for p in named.values():
         p.rehome(np.array(p.value, dtype=np.float64))
+    for b in buffers(work):  # (statistics in float64 too; counters stay integers)
+        if not b.is_counter:
+            b.rehome(np.array(b.value, dtype=np.float64))
     x64 = _as_float64_input(x)
     rng = np.random.default_rng(seed)
 

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from .io import codec
-from .io.architecture import Container, LayerPlan, ParamRef, SameLayer, Value
+from .io.architecture import BufferRef, Container, LayerPlan, ParamRef, SameLayer, Value
 from .io.files import RawFile, read
 from .io.modelfile import is_modelsync, read_model_file
 
@@ -29,7 +29,14 @@ def inspect_text(path: Any) -> str:
     values = sum(math.prod(e.shape) for e in mf.params.values())
     nbytes = sum(raw.tensors[name].nbytes for name in mf.params)
     lines.append(f"total: {len(mf.params)} params, {values:,} values, {_bytes(nbytes)}")
-    lines.append(_optimizer_line(mf.optimizer, raw, set(mf.params)))
+    if mf.buffers:  # (state that is not trained, listed apart from the Params)
+        lines.append("buffers (not trained):")
+        rows = [(name, str(e.shape), e.dtype, _bytes(raw.tensors[name].nbytes))
+                for name, e in mf.buffers.items()]
+        lines += _table(rows, ("path", "shape", "dtype", "size"))
+        nbytes = sum(raw.tensors[name].nbytes for name in mf.buffers)
+        lines.append(f"total: {len(mf.buffers)} buffers, {_bytes(nbytes)}")
+    lines.append(_optimizer_line(mf.optimizer, raw, set(mf.params) | set(mf.buffers)))
     if mf.user:
         lines.append("metadata:")
         lines += [f"  {_printable(key)}: {_printable(value)}" for key, value in mf.user.items()]
@@ -49,6 +56,8 @@ def _tree(plan: Any, indent: int, label: str = "") -> list[str]:
         return lines
     if isinstance(plan, ParamRef):
         return [f"{pad}{label}Param {plan.path}"]
+    if isinstance(plan, BufferRef):
+        return [f"{pad}{label}Buffer {plan.path}"]
     if isinstance(plan, SameLayer):
         return [f"{pad}{label}the layer at {plan.path} (shared)"]
     if isinstance(plan, Container):

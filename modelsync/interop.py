@@ -5,7 +5,9 @@ is `state_dict`. Between a modelsync model and its PyTorch twin only the names d
 the layouts: ``Dense.weight`` is ``(out_features, in_features)`` like ``nn.Linear.weight``
 (no transpose), ``LayerNorm`` has ``weight`` and ``bias`` of shape ``(dim,)`` like
 ``nn.LayerNorm`` (with its default ``elementwise_affine=True``), ``Embedding.weight`` is
-``(num, dim)`` like ``nn.Embedding.weight``. PyTorch is never imported here.
+``(num, dim)`` like ``nn.Embedding.weight``, and ``BatchNorm`` holds ``weight``, ``bias`` and
+the Buffers ``running_mean``, ``running_var`` and ``num_batches_tracked`` (int64) like
+``nn.BatchNorm1d``/``2d``. PyTorch is never imported here.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .io.names import check_names, keyed_places
 from .layers import (
     GRU,
     LSTM,
+    BatchNorm,
     Chain,
     Conv1d,
     Conv2d,
@@ -36,11 +39,12 @@ from .tree import layer_name, require_model, walk
 
 __all__ = ["state_dict", "torch_sequential_names"]
 
-#: Layers whose Params carry PyTorch's names for them (``weight``, ``bias``; ``in_proj_weight``
-#: and ``out_proj.weight`` of ``nn.MultiheadAttention``; ``weight_ih_l0`` ... of ``nn.GRU``
-#: and ``nn.LSTM``), in PyTorch's layouts.
+#: Layers whose Params (and Buffers) carry PyTorch's names for them (``weight``, ``bias``;
+#: ``in_proj_weight`` and ``out_proj.weight`` of ``nn.MultiheadAttention``; ``weight_ih_l0``
+#: ... of ``nn.GRU`` and ``nn.LSTM``; BatchNorm's ``running_mean``, ``running_var``,
+#: ``num_batches_tracked``), in PyTorch's layouts.
 _SAME_NAMES = (Dense, LayerNorm, Embedding, Conv1d, Conv2d, RMSNorm, MultiHeadAttention, GRU,
-               LSTM)
+               LSTM, BatchNorm)
 
 
 def state_dict(model: Any, *, names: Mapping[str, str] | Callable[[str], str] | None = None

@@ -55,11 +55,24 @@ def _mse(pred: Any, target: Any) -> tuple[Any, Any]:
     return xp.mean(diff * diff), diff * (2.0 / diff.size)
 
 
+def _cross_entropy_tokens(logits: Any, labels: Any) -> tuple[Any, Any]:
+    """Cross entropy over every position: logits ``(..., classes)`` with labels of the
+    leading shape (a language model's (batch, time, vocab) and (batch, time)) are the mean
+    over all positions, as torch's ``cross_entropy`` of the flattened pair."""
+    if logits.ndim > 2 and tuple(labels.shape) == tuple(logits.shape[:-1]):
+        xp = namespace(logits, labels)
+        classes = logits.shape[-1]
+        loss, grad = _cross_entropy(xp.reshape(logits, (-1, classes)), xp.reshape(labels, (-1,)))
+        return loss, xp.reshape(grad, tuple(logits.shape))
+    return _cross_entropy(logits, labels)
+
+
 def _cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
     xp = namespace(logits, labels)
     if logits.ndim != 2 or labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
         raise ArgumentError(
-            f"cross_entropy: expected logits (batch, classes) and integer labels (batch,), got "
+            "cross_entropy: expected logits (batch, classes) and integer labels (batch,), or "
+            f"(..., classes) and labels of the leading shape, got "
             f"{tuple(logits.shape)} and {tuple(labels.shape)}")
     if not xp.isdtype(labels.dtype, "integral"):
         raise ArgumentError(f"cross_entropy: labels have dtype {dtype_name(labels.dtype)}, "
@@ -103,5 +116,5 @@ def _binary_cross_entropy(probs: Any, target: Any) -> tuple[Any, Any]:
 
 
 mse = Loss("mse", _mse)
-cross_entropy = Loss("cross_entropy", _cross_entropy)
+cross_entropy = Loss("cross_entropy", _cross_entropy_tokens)
 binary_cross_entropy = Loss("binary_cross_entropy", _binary_cross_entropy)

@@ -36,10 +36,7 @@ class Param:
         elif isinstance(value, np.ndarray) and not value.flags.writeable:
             value = value.copy()  # a Param is written in place: it must own writable storage
             owned = True
-        if not _is_floating(value):
-            raise ArgumentTypeError(
-                f"Param value has dtype {dtype_name(value.dtype)}; expected a floating dtype "
-                "(float16, float32 or float64)")
+        self.check_dtype(value, name)
         self._data = value
         self._grad: Any = None
         self._device: Device = device_of(value)
@@ -53,6 +50,14 @@ class Param:
         self.name = name
         #: Identity of the Param this one was made as: kept by copies, moves and save/load.
         self.origin: str = uuid.uuid4().hex
+
+    def check_dtype(self, value: Any, name: str | None) -> None:
+        """ArgumentTypeError unless ``value``'s dtype is one this kind of array may hold (a
+        Param: floating; a Buffer, `modelsync.buffers`, also counters)."""
+        if not _is_floating(value):
+            raise ArgumentTypeError(
+                f"Param value has dtype {dtype_name(value.dtype)}; expected a floating dtype "
+                "(float16, float32 or float64)")
 
     # -- reading -----------------------------------------------------------------------
     @property
@@ -208,7 +213,7 @@ class Param:
         xp = self._device.xp
         with on_device(self._device):  # (CuPy copies onto the current GPU)
             data = self.value
-            twin = Param.in_store(data.copy() if hasattr(data, "copy") else xp.asarray(
+            twin = type(self).in_store(data.copy() if hasattr(data, "copy") else xp.asarray(
                 data, copy=True), self._device, name=self.name, origin=self.origin, store=None)
             if self._grad is not None:
                 grad = self._grad

@@ -12,6 +12,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from .buffers import Buffer
 from .params import Param
 from .tree import LAYER_TYPES, PLAIN_CONFIG, field_names, is_container
 from .watch import TrackedList
@@ -28,11 +29,11 @@ def rebuild(model: Any, on_param: Callable[[Param], Param], memo: dict[int, Any]
 def _rebuild_value(value: Any, on_param: Callable[[Param], Param], memo: dict[int, Any]) -> Any:
     # (type checks by identity first: this runs once per node of every conversion)
     kind = type(value)
-    if kind is Param or kind in LAYER_TYPES:
+    if kind is Param or kind is Buffer or kind in LAYER_TYPES:
         key = id(value)
         made = memo.get(key)
         if made is None:
-            if kind is Param:
+            if kind is Param or kind is Buffer:  # (a Buffer is mapped like a Param)
                 made = on_param(value)
             else:  # a layer, field by field, without running __init__
                 copier = _COPIERS.get(kind) or _make_copier(kind)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import coherence, flat, interrupts
+from . import coherence, flat, interrupts, syncing_buffers
 from .blend import Blend
 from .checks import match_check, soft_tau
 from .devices import HOST, Device, device_of, dtype_name, on_array_device
@@ -32,17 +32,22 @@ SCATTER_BELOW = 4096
 
 
 @interrupts.holding
-def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
+def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0,
+         buffers: str = "copy") -> Any:
     """Copy ``src``'s parameter values into ``dst`` in place, across devices; with ``tau < 1``
-    a soft update ``dst = tau*src + (1-tau)*dst``. Validates everything before writing, so a
-    mismatch raises GraphMismatchError and leaves ``dst`` unchanged. Returns ``dst``."""
+    a soft update ``dst = tau*src + (1-tau)*dst``. Buffers follow ``buffers``: ``"copy"``
+    (src's running statistics and counters copied), ``"lerp"`` (floating Buffers blended
+    like Params, counters copied) or ``"keep"`` (dst's kept); see syncing_buffers.py.
+    Validates everything before writing, so a mismatch raises GraphMismatchError and leaves
+    ``dst`` unchanged. Returns ``dst``."""
     match_check(check)
     tau = soft_tau(tau)
+    rule = syncing_buffers.check_rule(buffers)
     require_model(dst, "dst")
     require_model(src, "src")
     if dst is src:
         raise ArgumentError("sync: dst and src are the same model; there is nothing to copy")
-    groups, ties, aliased = _sync_plan(dst, src, check)
+    groups, ties, aliased, buffer_groups = _sync_plan(dst, src, check)
     for first, path, kept, other in ties:
         if not _equal(kept, other):
             raise GraphMismatchError(
@@ -50,14 +55,24 @@ def sync(dst: Any, src: Any, *, check: str = "graph", tau: float = 1.0) -> Any:
                 "different values there; untie dst or sync from a model with the same ties")
     # Stage every value on dst's device first: a failed transfer leaves dst unchanged.
     staged = [staging for group in groups for staging in _stage(group, aliased, tau != 1.0)]
+    # Buffers by their rule: copied (the default), blended (floating ones, "lerp"), or kept.
+    staged_buffers = [(staging, mix) for group, mix in
+                      syncing_buffers.chosen(buffer_groups, rule, tau)
+                      for staging in _stage(group, aliased, mix)]
     # Then every wrap-mode pull (a soft update reads dst) before the first write.
     for targets, _, _ in staged:
         for d in targets:  # (none where no dst member is linked)
             d.writable(overwrite=tau == 1.0)  # wrap mode: this side becomes the newest
+    for (targets, _, _), mix in staged_buffers:
+        for d in targets:
+            d.writable(overwrite=not mix)
     blend = Blend(tau) if tau != 1.0 else None
     for _, storage, values in staged:
         with on_array_device(storage):  # (CuPy writes on the current GPU: make it dst's)
             _write(storage, values, blend)
+    for (_, storage, values), mix in staged_buffers:
+        with on_array_device(storage):
+            _write(storage, values, blend if mix else None)
     return dst
 
 
@@ -99,12 +114,14 @@ def _matched_pairs(dst: Any, src: Any, check: str
     return [(dp, sp) for _, dp, sp in chosen.values()], ties
 
 
-SyncPlan = tuple[list["SyncGroup"], list[tuple[str, str, Param, Param]], bool]
+SyncPlan = tuple[list["SyncGroup"], list[tuple[str, str, Param, Param]], bool,
+                 list["SyncGroup"]]
 _PLANS_PER_MODEL = 8  # sync plans kept per dst model (one per src and check it is synced from)
 
 
 def _sync_plan(dst: Any, src: Any, check: str) -> SyncPlan:
-    """The checked pairs of a sync, grouped by dtype, and the ties whose values must agree.
+    """The checked pairs of a sync, grouped by dtype, the ties whose values must agree, and
+    the Buffers' pairs grouped by dtype (checked first, so a Buffer that differs is named).
 
     Cached with dst's walk (tree.cache_of), keyed weakly by src: reused while neither tree
     has changed (a change to either makes a new walk, so a plan made from an old one is
@@ -115,10 +132,11 @@ def _sync_plan(dst: Any, src: Any, check: str) -> SyncPlan:
         entry = plans.get(src)
         if entry is not None and entry[0]() is src_walk and check in entry[1]:
             return entry[1][check]
+    buffer_pairs = syncing_buffers.matched(dst, src)
     pairs, ties = _matched_pairs(dst, src, check)
-    written = {id(d) for d, _ in pairs}
-    aliased = any(id(s) in written for _, s in pairs)  # a src Param dst also writes
-    plan = (_pair_groups(pairs), ties, aliased)
+    written = {id(d) for d, _ in pairs} | {id(d) for d, _ in buffer_pairs}
+    aliased = any(id(s) in written for _, s in [*pairs, *buffer_pairs])  # dst also writes it
+    plan = (_pair_groups(pairs), ties, aliased, _pair_groups(buffer_pairs))
     if dst_walk.valid and src_walk.valid:
         if plans is None:
             plans = dst_walk.derived["sync"] = IdentityMap()

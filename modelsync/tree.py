@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from .buffers import Buffer
 from .devices import dtype_name, is_array
 from .errors import ArgumentError, ArgumentTypeError, MovedError
 from .identity import IdentityMap
@@ -137,12 +138,15 @@ class Walked:
     convert.py its layout). ``valid`` while no node it passed through has changed, nor any
     of its Params been re-homed (see watch.py)."""
 
-    __slots__ = ("found", "with_params", "moved", "valid", "graph_id", "derived", "__weakref__")
+    __slots__ = ("found", "with_params", "with_buffers", "moved", "valid", "graph_id",
+                 "derived", "__weakref__")
 
     def __init__(self, found: list[tuple[str, Any]], with_params: list[tuple[str, Param]],
-                 moved: tuple[str, str] | None) -> None:
+                 moved: tuple[str, str] | None,
+                 with_buffers: list[tuple[str, Buffer]] | None = None) -> None:
         self.found = found
         self.with_params = with_params
+        self.with_buffers = with_buffers or []
         self.moved = moved
         self.valid = False  # until it is cached
         self.graph_id: str | None = None
@@ -183,9 +187,13 @@ def cache_of(model: Any) -> Walked:
     watchable = [True]
     _walk_layer(model, "", found, tracked, watchable)
     with_params = []
+    with_buffers = []
     for item in found:
-        if type(item[1]) is Param:
+        kind = type(item[1])
+        if kind is Param:
             with_params.append(item)
+        elif kind is Buffer:
+            with_buffers.append(item)
         tracked.append(item[1])  # (a Param too: re-homing it changes its device and store)
     moved = None
     if len(_moved):
@@ -194,7 +202,7 @@ def cache_of(model: Any) -> Walked:
             if where is not None:
                 moved = (path, where)
                 break
-    cached = Walked(found, with_params, moved)
+    cached = Walked(found, with_params, moved, with_buffers)
     if watchable[0] and subscribe(tracked, cached) and _walks.set(model, cached):
         cached.valid = True
     return cached
@@ -221,7 +229,7 @@ def _walk_moved(node: Any, prefix: str, found: list[tuple[str, Any]], tracked: l
 def _walk_value(value: Any, path: str, found: list[tuple[str, Any]], tracked: list[Any],
                 watchable: list[bool]) -> None:
     kind = type(value)
-    if kind is Param:
+    if kind is Param or kind is Buffer:
         found.append((path, value))
     elif kind in LAYER_TYPES:
         found.append((path, value))
@@ -292,6 +300,34 @@ def aliases(model: Any) -> dict[str, str]:
     return tied
 
 
+def buffer_paths(model: Any) -> list[tuple[str, Buffer]]:
+    """Every (path, Buffer) pair, a shared Buffer once per place (do not change it)."""
+    return cache_of(model).with_buffers
+
+
+def named_buffers(model: Any) -> dict[str, Buffer]:
+    """Dotted path -> Buffer (state that is not trained: running statistics, counters); a
+    Buffer of a shared layer is listed under its first path only."""
+    require_model(model)
+    named: dict[str, Buffer] = {}
+    seen: set[int] = set()
+    for path, b in buffer_paths(model):
+        if id(b) not in seen:
+            seen.add(id(b))
+            named[path] = b
+    return named
+
+
+def buffers(model: Any) -> list[Buffer]:
+    """Every Buffer once, in depth-first order (never in `params`: no optimizer sees them)."""
+    return list(named_buffers(model).values())
+
+
+def state_paths(model: Any) -> list[tuple[str, Param]]:
+    """Every (path, Param or Buffer) pair in the model's order: what a state dict holds."""
+    return [item for item in cache_of(model).found if type(item[1]) in (Param, Buffer)]
+
+
 def static_config(node: Any) -> dict[str, Any]:
     """A layer's configuration fields (everything that is not a Param, layer or container)."""
     return {name: value for name, value in layer_fields(node)
@@ -301,13 +337,15 @@ def static_config(node: Any) -> dict[str, Any]:
 
 def _field_holds_param(node: Any, name: str) -> bool:
     field = attrs.fields_dict(type(node))[name]
-    return field.metadata.get("param", False)
+    return field.metadata.get("param", False) or field.metadata.get("buffer", False)
 
 
 def structure(model: Any) -> list[tuple[str, tuple[int, ...], str]]:
-    """(path, shape, dtype name) for every place a Param is used: what check="structure"
-    compares."""
-    return [(path, p.shape, dtype_name(p.dtype)) for path, p in param_paths(model)]
+    """(path, shape, dtype name) for every place a Param is used, then every Buffer's: what
+    check="structure" compares."""
+    walked = cache_of(model)
+    return [(path, p.shape, dtype_name(p.dtype))
+            for path, p in [*walked.with_params, *walked.with_buffers]]
 
 
 def graph_id(model: Any) -> str:
@@ -330,7 +368,8 @@ def _graph_id(model: Any, found: list[tuple[str, Any]]) -> str:
     for path, node in found:
         if isinstance(node, Param):
             tied_to = first.setdefault(id(node), path)
-            digest.update(f"P|{path}|{node.origin}|{tied_to}\n".encode())
+            mark = "B" if type(node) is Buffer else "P"
+            digest.update(f"{mark}|{path}|{node.origin}|{tied_to}\n".encode())
         else:
             config = sorted((k, repr(v)) for k, v in static_config(node).items())
             digest.update(f"L|{path}|{layer_name(node)}|{config}\n".encode())

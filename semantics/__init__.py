@@ -34,6 +34,7 @@ def run(out: str | Path = "docs/semantics.md", *, device: ms.Device | str = "aut
     """
     from modelsync.demo import check_writable_dir, resolve_device
 
+    from .buffers import probe_buffers
     from .common import Data
     from .legality import legality_matrix
     from .probes import probe_ranges, probe_state, probe_sync, probe_ties
@@ -82,7 +83,7 @@ def run(out: str | Path = "docs/semantics.md", *, device: ms.Device | str = "aut
             device=str(dev), device_note=_device_note(dev), runs=runs, per_batch=per_batch,
             matrix=matrix, state=probe_state(MODES, dev, data), sync=probe_sync(MODES, dev),
             ties=probe_ties(MODES, dev), ranges=probe_ranges(), steps=steps,
-            sync_every=sync_every)
+            sync_every=sync_every, buffers=probe_buffers(MODES, dev, data))
         bar.update(1)
     png = out.with_name(f"{out.stem}-bytes.png")
     results.plot_note = plot(results, png) or ""

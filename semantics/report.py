@@ -11,6 +11,7 @@ import attrs
 
 from modelsync.demo import format_bytes
 
+from .buffers import PEERS, BufferProbe
 from .legality import OPERATIONS, SIDES, Cell
 from .probes import StateProbe, SyncProbe
 from .workflows import ModeRun
@@ -38,6 +39,7 @@ class Results:
     seconds: float = 0.0
     plot_file: str | None = None
     plot_note: str = ""
+    buffers: BufferProbe | None = None
 
 
 def _b(n: float) -> str:
@@ -141,10 +143,55 @@ def _render(r: Results) -> list[str]:
         "the device is NumPy underneath, so they compare the modes, not host and GPU.",
         "",
     ]
+    lines += _buffers_section(r.buffers, r.device)
     lines += _matrix(r, modes)
     lines += _plot_section(r)
     lines += _method(r)
     return lines
+
+
+def _buffers_section(b: BufferProbe | None, device: str) -> list[str]:
+    """The buffer rows: what each mode and each sync does to BatchNorm's running statistics,
+    measured, then the choice beside the peers'."""
+    if b is None:
+        return []
+    lines = [
+        "## Running statistics (buffers)", "",
+        "State that is not trained: `layers.BatchNorm`'s `running_mean`, `running_var` and "
+        "`num_batches_tracked` (`ms.named_buffers`), which training mode updates and "
+        "evaluation mode reads. Model: `Dense(64, 32) -> BatchNorm(32) -> ReLU -> "
+        f"Dense(32, 10)`, {_b(b.buffer_bytes)} of buffers; {b.steps} training steps on "
+        f"{device} after the conversion.", "",
+        "### Each mode", ""]
+    lines += _table(
+        ["mode", "bytes per step", "original's num_batches_tracked after",
+         "reading the original's statistics", "reading them again"],
+        [[row.mode, _b(row.bytes_per_step), row.original_count, _b(row.read_bytes),
+          _b(row.read_again_bytes)] for row in b.modes])
+    lines += [
+        "", "A wrapper's statistics are the original's as observed (pulled once, lazily, "
+        "like its Params); a copy's are its own; a move takes them along. No mode moves a "
+        "byte per step for them.", "", "### Each sync", "",
+        f"`dst`: a host copy of the graph trained 1 step; `src`: the device model trained "
+        f"{b.steps} steps.", ""]
+    lines += _table(
+        ["call", "bytes", "dst running_mean compared with", "max error",
+         "dst num_batches_tracked"],
+        [[f"`{row.call}`", _b(row.bytes), row.expected, f"{row.mean_error:.2g}",
+          str(row.count)] for row in [*b.syncs, b.update_bn]])
+    lines += [
+        "", "**The choice and the reason.** A soft update copies the statistics by default "
+        "(`buffers=\"copy\"`): a blend of two running variances is not the variance of "
+        "anything, and the target network then normalises as the network it follows does "
+        "(stable-baselines3's rule). `\"lerp\"` blends them like Params for those who want an "
+        "EMA of everything; `\"keep\"` leaves them, and `ms.update_bn` recomputes them from "
+        "data under the averaged weights (what `torch.optim.swa_utils.update_bn` is for). "
+        "Counters are copied unless `\"keep\"`: an average of counts is not a count. Across "
+        "processes `DataParallel` leaves them local and `ms.distributed.sync_buffers` "
+        "averages them when asked; `ms.distributed.save` refuses replicas that disagree.",
+        "", "What the peers do:", ""]
+    lines += _table(["library", "running statistics"], [[name, text] for name, text in PEERS])
+    return lines + [""]
 
 
 def _modes_guide() -> str:

@@ -344,9 +344,88 @@ def s_barrier(comm):
     return {"waited": time.monotonic() - start}
 
 
+# -- buffers (issue 18): the "buffers" group -----------------------------------------------------
+def bn_model(seed: int = 0, tracking: bool = True):
+    return layers.Chain(layers.Dense(6, 4, seed=seed),
+                        layers.BatchNorm(4, track_running_stats=tracking), layers.ReLU(),
+                        layers.Dense(4, 3, seed=seed + 1))
+
+
+def buffer_values(model) -> dict:
+    """Each Buffer's values as host lists (uncounted reads are fine here: tests only)."""
+    out = {}
+    for path, b in ms.named_buffers(model).items():
+        v = b.value
+        if b.device != ms.device("host"):
+            v = ms.to_device(v, "host")
+        out[path] = np.asarray(v).tolist()
+    return out
+
+
+def _bn_train(model, opt, seed: int, steps: int) -> None:
+    for i in range(steps):
+        x, y = data(seed + i, 8)
+        dev = ms.params(model)[0].device
+        opt.zero_grad()
+        ms.backprop(model, losses.cross_entropy, ms.to_device(x, dev), ms.to_device(y, dev))
+        opt.step()
+
+
+def s_buffers(comm, out_dir):
+    out = {spec: _buffers_on(comm, out_dir, spec) for spec in ("host", "sim:1")}
+    # agreement covers Buffers: one rank's BatchNorm tracks no statistics
+    odd = bn_model(tracking=comm.rank != comm.size - 1)
+    out["structure"] = raised(lambda: D.broadcast(odd, comm, check="structure"))
+    return out
+
+
+def _buffers_on(comm, out_dir, spec):
+    """Every Buffer rule across ranks, on ``spec``: replicate, DataParallel, save refused,
+    sync_buffers (mean, bad how), save, broadcast, sync_buffers root, counters differing."""
+    root_model = None
+    if comm.rank == 0:
+        root_model = bn_model()
+        _bn_train(root_model, optim.SGD(ms.params(root_model), lr=0.1), 100, 3)
+    replica = D.replicate(root_model, comm, device=spec)
+    seen = {"replicated": buffer_values(replica), "graph": ms.graph_id(replica),
+            "device": str(ms.buffers(replica)[0].device)}
+    if comm.rank == 0:
+        seen["root"] = buffer_values(root_model)
+    # DataParallel: each rank's batches, its own statistics; Params stay replicas
+    opt = D.DataParallel(optim.SGD(ms.params(replica), lr=0.1), comm)
+    _bn_train(replica, opt, 10 * (comm.rank + 1), 2)
+    seen["after_steps"] = buffer_values(replica)
+    seen["params"] = digest(replica)
+    seen["save_refused"] = raised(lambda: D.save(
+        replica, out_dir / f"refused-{spec}.safetensors", comm))
+    seen["refused_file"] = (out_dir / f"refused-{spec}.safetensors").exists()
+    seen["bad_how"] = raised(lambda: D.sync_buffers(replica, comm, how="median"))
+    D.sync_buffers(replica, comm)  # how="mean"
+    seen["mean"] = buffer_values(replica)
+    D.save(replica, out_dir / f"agreed-{spec}.safetensors", comm)
+    seen["saved"] = buffer_values(ms.load(out_dir / f"agreed-{spec}.safetensors"))
+    # broadcast carries the root's Buffers
+    _bn_train(replica, optim.SGD(ms.params(replica), lr=0.1), 50 + comm.rank, 1)
+    seen["before_broadcast"] = buffer_values(replica)
+    D.broadcast(replica, comm)
+    seen["broadcast"] = buffer_values(replica)
+    # how="root"
+    _bn_train(replica, optim.SGD(ms.params(replica), lr=0.1), 70 + comm.rank, 1)
+    seen["before_root"] = buffer_values(replica)
+    D.sync_buffers(replica, comm, how="root")
+    seen["root_sync"] = buffer_values(replica)
+    # counters that differ: every rank raises, nothing changes
+    _bn_train(replica, optim.SGD(ms.params(replica), lr=0.1), 90, 1 + comm.rank)
+    seen["before_counters"] = buffer_values(replica)
+    seen["counters"] = raised(lambda: D.sync_buffers(replica, comm))
+    seen["after_counters"] = buffer_values(replica)
+    return seen
+
+
 GROUPS = {
     "main": [s_replicate, s_broadcast, s_sync, s_dtypes, s_data_parallel, s_wrap, s_mismatches,
              s_guard, s_save, s_barrier],
+    "buffers": [s_buffers],
 }
 
 
@@ -410,7 +489,7 @@ def main(argv: list[str]) -> None:
     for scenario in GROUPS[group]:
         name = scenario.__name__[2:]
         try:
-            if scenario is s_save:
+            if scenario in (s_save, s_buffers):
                 results[name] = scenario(comm, out_dir)
             else:
                 results[name] = scenario(comm)

@@ -75,6 +75,14 @@ CASES = {
         layers.Reshape((2, 12)), layers.Conv1d(2, 3, 5, stride=2, padding=2, seed=0),
         layers.Flatten(start_dim=-2), layers.Reshape((3, -1)), layers.GlobalAvgPool()),
         lambda: _floats(7, 24)),
+    "batchnorm_trained": (lambda: layers.Chain(
+        layers.Conv2d(1, 4, 3, padding=1, seed=0), layers.BatchNorm(4), "relu",
+        layers.Flatten(), layers.BatchNorm(4 * 16, affine=False), layers.Dense(64, 3, seed=1),
+        layers.Reshape((3, 1)), layers.BatchNorm(3, momentum=None)),
+        lambda: _floats(7, 1, 4, 4)),
+    "batchnorm_without_running_stats": (lambda: layers.Chain(
+        layers.Dense(5, 4, seed=0), layers.BatchNorm(4, track_running_stats=False)),
+        lambda: _floats(7, 5)),
     "embedding": (lambda: layers.Chain(layers.Embedding(20, 6, seed=0),
                                        layers.Dense(6, 4, seed=1)), lambda: _tokens(7, 5)),
 }

@@ -135,3 +135,25 @@ def test_explore_refuses_a_folder_and_the_host_before_any_work(capsys, tmp_path)
     assert main(["explore", "--out", str(tmp_path / "s.md"), "--device", "host"]) == 1
     assert "needs one" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_buffer_rows_are_measured(report):
+    """Issue 18: what each mode and each sync does to BatchNorm's running statistics."""
+    _, text, _ = report
+    assert "## Running statistics (buffers)" in text
+    assert _row(text, "wrap")[1] == "37.5 KiB"  # (workflow 1 comes first)
+    section = text[text.index("## Running statistics (buffers)"):]
+    modes = {m: _row(section, m) for m in ("wrap", "copy", "move")}
+    assert all(cells[1] == "0 B" for cells in modes.values())  # per step
+    assert modes["wrap"][2] == "5" and modes["wrap"][3] == "264 B" and modes["wrap"][4] == "0 B"
+    assert modes["copy"][2] == "0"
+    assert modes["move"][2] == "invalid: MovedError"
+    hard = _row(section, "`ms.sync(dst, src)`")
+    lerp = _row(section, '`ms.sync(dst, src, tau=0.5, buffers="lerp")`')
+    keep = _row(section, '`ms.sync(dst, src, tau=0.5, buffers="keep")`')
+    assert hard[2] == "src's (copied)" and float(hard[3]) == 0 and hard[4] == "5"
+    assert float(lerp[3]) < 1e-6 and lerp[4] == "5"
+    assert keep[2] == "dst's own (kept)" and float(keep[3]) == 0 and keep[4] == "1"
+    assert float(_row(section, "`ms.update_bn(dst, 4 batches)`")[3]) < 1e-5
+    for peer in ("PyTorch", "Flax (linen)", "Chainer", "stable-baselines3"):
+        assert _row(section, peer)

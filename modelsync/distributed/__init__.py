@@ -12,9 +12,10 @@ from .comm import Comm, init
 from .data_parallel import DataParallel
 from .errors import CollectiveError
 from .ops import barrier
-from .replicas import broadcast, sync
+from .replicas import broadcast, sync, sync_buffers
 from .replicate import replicate
 from .save import save
 
 __all__ = ["CollectiveError", "Comm", "DataParallel", "barrier", "broadcast", "init", "replicate",
            "save", "sync"]
+__all__ += ["sync_buffers"]

@@ -256,7 +256,8 @@ def explain(everyone: Sequence[Description]) -> Exception:
             return ArgumentError(f"{op}: {name} differs between ranks ({listed}); every rank "
                                  "must pass the same")
     found = (_structure_difference(everyone, op) or _graph_difference(everyone, op)
-             or _grads_difference(everyone, op))
+             or _grads_difference(everyone, op)
+             or values_difference(everyone, op, everyone[0].get("values_hint") or ""))
     if found is not None:
         return found
     return CollectiveError(f"{op}: the ranks' digests differ but their descriptions agree "
@@ -324,6 +325,20 @@ def _graph_difference(everyone: Sequence[Description], op: str) -> Exception | N
             f"{op}: the graph ids differ ({_ranks_by([g[:12] + '…' for g in graphs])}): same "
             f"Params, but layer types or configuration differ; {hint}")
     return None
+
+
+def values_difference(everyone: Sequence[Description], op: str, hint: str
+                      ) -> Exception | None:
+    """The first Buffer whose values differ between the ranks (a description's "values":
+    [path, value or digest]), named with the ranks on each side, and ``hint``."""
+    tables = [d.get("values") or [] for d in everyone]
+    i = _first_difference([[tuple(map(repr, row)) for row in t] for t in tables])
+    if i is None:
+        return None
+    path = next(t[i][0] for t in tables if i < len(t))
+    cells = [repr(t[i][1]) if i < len(t) else "none" for t in tables]
+    return CollectiveError(f"{op}: {path}: the replicas' buffers differ ({_ranks_by(cells)}); "
+                           f"{hint}; nothing was changed")
 
 
 def _grads_difference(everyone: Sequence[Description], op: str) -> Exception | None:

@@ -17,19 +17,21 @@ from typing import Any
 import numpy as np
 
 from .. import flat
+from ..buffers import Buffer
 from ..devices import HOST, Device, dtype_name
 from ..params import Param
 from ..transfers import copy_to
-from ..tree import graph_id, param_paths, require_model
+from ..tree import buffer_paths, graph_id, param_paths, require_model
 from ..xp import concat_flat, empty_on
 
 
 def describe_model(model: Any, check: str) -> dict[str, Any]:
     """The model as the agreement compares it: each place a Param is used (path, shape,
-    dtype, origin, the path it is tied to) and, for check="graph", the graph id."""
+    dtype, origin, the path it is tied to), then each Buffer's, and, for check="graph", the
+    graph id."""
     first: dict[int, str] = {}
     rows = []
-    for path, p in param_paths(model):
+    for path, p in _places(model):
         tied = first.setdefault(id(p), path)
         rows.append([path, list(p.shape), dtype_name(p.dtype), p.origin, tied])
     return {"params": rows, "graph": graph_id(model) if check == "graph" else None}
@@ -39,8 +41,48 @@ def model_digest_parts(model: Any, check: str) -> tuple[Any, ...]:
     """What the digest covers: structure and ties always, origins and config for "graph"."""
     first: dict[int, str] = {}
     rows = tuple((path, p.shape, dtype_name(p.dtype), first.setdefault(id(p), path))
-                 for path, p in param_paths(model))
+                 for path, p in _places(model))
     return rows, graph_id(model) if check == "graph" else None
+
+
+def _places(model: Any) -> list[tuple[str, Param]]:
+    """Every place a Param is used, then every Buffer's: what the ranks agree on (so
+    agreement covers Buffers: a rank whose BatchNorm tracks no statistics is a mismatch)."""
+    return [*param_paths(model), *buffer_paths(model)]
+
+
+def distinct_buffers(model: Any) -> list[Buffer]:
+    """Each Buffer once, in the model's order."""
+    require_model(model)
+    seen: set[int] = set()
+    found = []
+    for _, b in buffer_paths(model):
+        if id(b) not in seen:
+            seen.add(id(b))
+            found.append(b)
+    return found
+
+
+def buffer_values(model: Any, *, counters_only: bool = False, reason: str
+                  ) -> list[list[Any]]:
+    """[path, what its values are] for each Buffer: a counter's integer value(s), a floating
+    Buffer's digest of its bytes (host copies of device Buffers are counted). What ranks
+    compare to tell whether their replicas' Buffers agree."""
+    import hashlib
+
+    rows = []
+    for path, b in buffer_paths(model):
+        if counters_only and not b.is_counter:
+            continue
+        value = b.value
+        if b.device != HOST:
+            value = copy_to(value, HOST, reason=reason)
+        value = np.ascontiguousarray(value)
+        if b.is_counter:
+            rows.append([path, value.reshape(-1).tolist()])
+        else:
+            rows.append([path, hashlib.blake2b(value.tobytes(), digest_size=8).hexdigest()])
+    return rows
 
 
 def distinct_params(model: Any) -> list[Param]:

@@ -1,5 +1,7 @@
 """Replicas of one graph across processes: `broadcast` (the root's values into every rank's
-model, in place) and `sync` (every replica becomes the mean of all, or a soft step toward it).
+model, in place, Buffers too), `sync` (every replica's Params become the mean of all, or a
+soft step toward it) and `sync_buffers` (the Buffers: running statistics averaged or the
+root's, counters required equal).
 
 Both agree first (graph id or structure, paths, shapes, dtypes, ties, arguments), then move
 one flat buffer per dtype: an intact flat store's own buffer on the host, in place.
@@ -13,13 +15,16 @@ import numpy as np
 
 from ..checks import match_check, soft_tau
 from ..devices import HOST, device_of, dtype_name
+from ..errors import ArgumentError
 from ..transfers import copy_to
 from . import transport
 from .agree import digest_of
 from .comm import Comm
 from .layout import (
     ValueGroup,
+    buffer_values,
     describe_model,
+    distinct_buffers,
     distinct_params,
     model_digest_parts,
     on_device,
@@ -29,7 +34,8 @@ from .ops import check_root, gpu_bits, require_comm, run_agreed
 
 
 def broadcast(model: Any, comm: Comm, *, root: int = 0, check: str = "graph") -> Any:
-    """Write ``root``'s Param values into every rank's ``model`` in place; returns ``model``.
+    """Write ``root``'s Param and Buffer values into every rank's ``model`` in place;
+    returns ``model``.
 
     The ranks first agree that their models are replicas (``check="graph"``: one graph id;
     ``"structure"``: the same paths, shapes, dtypes and ties); otherwise every rank raises
@@ -43,6 +49,7 @@ def broadcast(model: Any, comm: Comm, *, root: int = 0, check: str = "graph") ->
         check_root(root, comm)
         match_check(check)
         groups.extend(value_groups(distinct_params(model)))
+        groups.extend(value_groups(distinct_buffers(model)))  # (the root's statistics too)
         transport.check_guard(comm, _nbytes(groups), reason=reason, what="param",
                               where=_where(groups))
         return (digest_of("broadcast", root, check, model_digest_parts(model, check)),
@@ -105,6 +112,54 @@ def sync(model: Any, comm: Comm, *, tau: float = 1.0, check: str = "graph") -> A
                 own = group.read(reason=reason)
                 mean = blend[0] * mean + (1.0 - blend[0]) * own
             group.write(mean, reason=reason)
+    return model
+
+
+BUFFER_HOWS = ("mean", "root")
+
+
+def sync_buffers(model: Any, comm: Comm, how: str = "mean", *, root: int = 0) -> Any:
+    """Bring every replica's Buffers into agreement, in place; returns ``model``.
+
+    ``how="mean"``: each floating Buffer (running statistics) becomes the mean over the
+    ranks; ``"root"``: ``root``'s values are copied. Counters (``num_batches_tracked``) must
+    already agree: if they differ, every rank raises CollectiveError naming the path and
+    the ranks, and nothing changes. Agreement first, as in `broadcast` (``check="graph"``).
+    """
+    comm = require_comm(comm)
+    reason = "distributed.sync_buffers"
+    groups: list[ValueGroup] = []
+    counters: list[Any] = []
+
+    def prepare() -> tuple[bytes, int]:
+        if how not in BUFFER_HOWS:
+            raise ArgumentError(f"how={how!r} is not a way to sync buffers; expected one of "
+                                f"{BUFFER_HOWS}")
+        check_root(root, comm)
+        found = distinct_buffers(model)
+        groups.extend(value_groups([b for b in found if not b.is_counter]))
+        counters.extend(buffer_values(model, counters_only=True, reason=reason))
+        transport.check_guard(comm, _nbytes(groups), reason=reason, what="param",
+                              where=_where(groups))
+        return (digest_of("sync_buffers", how, root, model_digest_parts(model, "graph"),
+                          tuple(map(tuple, counters))),
+                gpu_bits(comm, [None if g.spread else g.device for g in groups]))
+
+    shared = run_agreed(comm, "sync_buffers", prepare, lambda: {
+        "args": {"how": how, "root": root}, **describe_model(model, "graph"),
+        "values": counters, "values_hint": "counters must agree before their statistics "
+        "are synced (each rank counts the batches it saw: train every rank on as many)"})
+    if comm.size == 1:
+        return model
+    for i, group in enumerate(groups):
+        use_nccl = bool(shared >> i & 1)
+        with on_device(group.device):
+            if how == "root":
+                _broadcast_group(comm, group, root, use_nccl, reason)
+                continue
+            total = transport.sum_over_ranks(comm, group.read(reason=reason, copy=True),
+                                             reason=reason, what="param", use_nccl=use_nccl)
+            group.write(_divide(total, comm.size), reason=reason)
     return model
 
 

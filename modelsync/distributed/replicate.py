@@ -1,10 +1,11 @@
 """`replicate`: the root's model becomes the same graph on every rank (same graph id, values
 and ties), as a new model on each rank's own device.
 
-The model's skeleton (its layers and configuration, with each Param replaced by its index)
-is pickled on the root and sent as bytes; each Param's values go as one flat buffer per
-dtype, buffer-based. Ranks of one job run one program, so unpickling the root's layers is
-as safe as running them; nothing is unpickled from a file.
+The model's skeleton (its layers and configuration, with each Param and Buffer replaced by
+its index) is pickled on the root and sent as bytes; the Params' values go as one flat
+buffer per dtype, then the Buffers' (running statistics, counters) the same way: every
+rank's replica starts from the root's statistics. Ranks of one job run one program, so
+unpickling the root's layers is as safe as running them; nothing is unpickled from a file.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 import attrs
 import numpy as np
 
+from ..buffers import Buffer, made_like
 from ..convert import to_device
-from ..devices import HOST, Device, cuda_status, device, dtype_name
+from ..devices import HOST, Device, cuda_status, device, device_of, dtype_name
 from ..flat import params_on
 from ..params import Param
 from ..transfers import copy_to
@@ -25,7 +27,7 @@ from ..tree import require_model
 from . import transport
 from .agree import digest_of
 from .comm import Comm
-from .layout import distinct_params, on_device, value_groups
+from .layout import distinct_buffers, distinct_params, on_device, value_groups
 from .ops import check_root, require_comm, run_agreed
 
 REASON = "distributed.replicate"
@@ -39,6 +41,7 @@ class ParamSpec:
     dtype: str
     name: str | None
     origin: str
+    buffer: bool = False  # a Buffer (state that is not trained), not a Param
 
 
 def replicate(model: Any, comm: Comm, *, root: int = 0, device: Device | str | None = None
@@ -54,7 +57,8 @@ def replicate(model: Any, comm: Comm, *, root: int = 0, device: Device | str | N
         chosen[0] = None if device is None else _device(device)
         if comm.rank == root:
             require_model(model)
-            nbytes = sum(p.nbytes for p in distinct_params(model))
+            nbytes = sum(p.nbytes for p in [*distinct_params(model),
+                                             *distinct_buffers(model)])
         else:
             nbytes = 0  # (not known before the root says)
         transport.check_guard(comm, nbytes, reason=REASON, what="param",
@@ -66,7 +70,7 @@ def replicate(model: Any, comm: Comm, *, root: int = 0, device: Device | str | N
         params = distinct_params(model)
         home = params[0].device if params else HOST
         if comm.size > 1:
-            _send(comm, model, params, home, root)
+            _send(comm, model, [*params, *distinct_buffers(model)], home, root)
         return to_device(model, chosen[0] or home, mode="copy")
     return _receive(comm, root, chosen[0])
 
@@ -75,32 +79,49 @@ def _send(comm: Comm, model: Any, params: list[Param], home: Device, root: int) 
     index = {id(p): i for i, p in enumerate(params)}
     skeleton = io.BytesIO()
     _Pickler(skeleton, index).dump(model)
-    specs = [ParamSpec(p.shape, dtype_name(p.dtype), p.name, p.origin) for p in params]
+    specs = [ParamSpec(p.shape, dtype_name(p.dtype), p.name, p.origin, type(p) is Buffer)
+             for p in params]
     header = pickle.dumps((skeleton.getvalue(), specs, home.kind, home.index), protocol=5)
     transport.broadcast_bytes(comm, header, root)
-    for group in value_groups(params):
-        with on_device(group.device):
-            transport.broadcast_from(comm, group.read(reason=REASON), root, reason=REASON,
-                                     what="param", use_nccl=False)
+    for kind in (False, True):  # the Params' groups, then the Buffers'
+        for group in value_groups([p for p in params if (type(p) is Buffer) == kind]):
+            with on_device(group.device):
+                transport.broadcast_from(comm, group.read(reason=REASON), root,
+                                         reason=REASON, what="param", use_nccl=False)
 
 
 def _receive(comm: Comm, root: int, target: Device | None) -> Any:
     skeleton, specs, kind, index = pickle.loads(transport.broadcast_bytes(comm, None, root))
     target = target or _own_device(comm, kind, index)
     made: dict[int, Param] = {}
-    by_dtype: dict[str, list[int]] = {}
-    for i, spec in enumerate(specs):
-        by_dtype.setdefault(spec.dtype, []).append(i)
-    for dtype, members in by_dtype.items():
-        like = [specs[i] for i in members]
-        buffer = np.empty(sum(int(np.prod(s.shape, dtype=np.int64)) for s in like), dtype=dtype)
-        buffer = transport.broadcast_from(comm, buffer, root, reason=REASON, what="param",
-                                          use_nccl=False)
-        if target != HOST:
-            buffer = copy_to(buffer, target, reason=REASON)
-        for i, p in zip(members, params_on(buffer, like), strict=True):
-            made[i] = p
+    for kind in (False, True):  # the Params' groups, then the Buffers', as the root sends
+        by_dtype: dict[str, list[int]] = {}
+        for i, spec in enumerate(specs):
+            if spec.buffer == kind:
+                by_dtype.setdefault(spec.dtype, []).append(i)
+        for dtype, members in by_dtype.items():
+            like = [specs[i] for i in members]
+            sizes = [int(np.prod(s.shape, dtype=np.int64)) for s in like]
+            buffer = np.empty(sum(sizes), dtype=dtype)
+            buffer = transport.broadcast_from(comm, buffer, root, reason=REASON, what="param",
+                                              use_nccl=False)
+            if target != HOST:
+                buffer = copy_to(buffer, target, reason=REASON)
+            made_now = params_on(buffer, like) if not kind else _buffers_on(buffer, like, sizes)
+            for i, p in zip(members, made_now, strict=True):
+                made[i] = p
     return _Unpickler(io.BytesIO(skeleton), made).load()
+
+
+def _buffers_on(buffer: Any, like: list[ParamSpec], sizes: list[int]) -> list[Buffer]:
+    """New Buffers viewing ``buffer``, one per spec (its shape, name and origin)."""
+    xp = device_of(buffer).xp
+    made, at = [], 0
+    for spec, size in zip(like, sizes, strict=True):
+        made.append(made_like(xp.reshape(buffer[at:at + size], spec.shape), spec))
+        at += size
+    return made
+
 
 
 def _own_device(comm: Comm, kind: str, index: int) -> Device:
@@ -124,7 +145,7 @@ class _Pickler(pickle.Pickler):
         self.index = index
 
     def persistent_id(self, obj: Any) -> int | None:
-        return self.index[id(obj)] if type(obj) is Param else None
+        return self.index[id(obj)] if type(obj) in (Param, Buffer) else None
 
 
 class _Unpickler(pickle.Unpickler):

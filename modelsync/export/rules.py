@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..layers.activations import Activation
+from ..layers.batchnorm import BatchNorm
 from ..layers.chain import Chain
 from ..layers.combinators import Parallel, SkipConnection
 from ..layers.dense import Dense
@@ -114,3 +115,32 @@ def _parallel(g: Emitter, layer: Parallel, x: Value, path: str) -> str:
     outs = [g.emit(branch, x, child_path(path, f"layers.{i}")).name
             for i, branch in enumerate(layer.layers)]
     return join(g, layer.connection, outs, path)
+
+
+@export_rule(BatchNorm)
+def _batch_norm(g: Emitter, layer: BatchNorm, x: Value, path: str) -> str:
+    """Evaluation mode: ONNX BatchNormalization over the running statistics (the Buffers,
+    stored as initializers like Params); without them, the batch's own statistics."""
+    import numpy as np
+
+    c, rank = layer.num_features, len(x.shape)
+    dtype = np.dtype(layer.dtype)
+    scale = (g.param(layer.weight, child_path(path, "weight")) if layer.weight is not None
+             else g.constant(np.ones(c, dtype), f"{path}.scale"))
+    shift = (g.param(layer.bias, child_path(path, "bias")) if layer.bias is not None
+             else g.constant(np.zeros(c, dtype), f"{path}.shift"))
+    if layer.track_running_stats:
+        return g.node("BatchNormalization", [
+            x.name, scale, shift, g.param(layer.running_mean, child_path(path, "running_mean")),
+            g.param(layer.running_var, child_path(path, "running_var"))], path,
+            epsilon=layer.eps)
+    axes = [0, *range(2, rank)]
+    mean = g.node("ReduceMean", [x.name], path, axes=axes, keepdims=1)
+    centred = g.node("Sub", [x.name, mean], path)
+    var = g.node("ReduceMean", [g.node("Mul", [centred, centred], path)], path, axes=axes,
+                 keepdims=1)
+    eps = g.constant(np.asarray(layer.eps, dtype), f"{path}.eps")
+    y = g.node("Div", [centred, g.node("Sqrt", [g.node("Add", [var, eps], path)], path)], path)
+    shape = g.ints([1, c] + [1] * (rank - 2), f"{path}.shape")
+    y = g.node("Mul", [y, g.node("Reshape", [scale, shape], path)], path)
+    return g.node("Add", [y, g.node("Reshape", [shift, shape], path)], path)

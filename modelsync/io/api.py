@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .. import interrupts
+from ..buffers import Buffer
 from ..checks import match_check
 from ..devices import HOST, Device, device_of, dtype_name
 from ..devices import device as to_device_spec
@@ -26,13 +27,14 @@ from ..errors import (
     SaveError,
 )
 from ..transfers import copy_to
-from ..tree import aliases, graph_id, named_params, require_model, structure
+from ..tree import aliases, graph_id, named_buffers, named_params, require_model, structure
 from .architecture import encode_model
 from .atomic import atomic_write
 from .files import check_path, checksum, load_arrays, read, retrying
 from .modelfile import (
     ALIASES_KEY,
     ARCHITECTURE_KEY,
+    BUFFERS_KEY,
     CHECKSUMS_KEY,
     FORMAT_KEY,
     FORMAT_VERSION,
@@ -74,7 +76,17 @@ def save(model: Any, path: Any, *, optimizer: Any = None,
         tensors[name] = np.require(value, requirements="C")  # (ascontiguousarray makes 0-d 1-d)
         table[name] = {"shape": list(param.shape), "dtype": dtype_name(param.dtype),
                        "origin": param.origin, "name": param.name}
-    architecture = encode_model(model, {id(p): name for name, p in named.items()})
+    buffers = named_buffers(model)
+    buffer_table: dict[str, dict[str, Any]] = {}
+    for name, buffer in buffers.items():  # (named by path too: one namespace of tensors)
+        value = buffer.value
+        if device_of(value) != HOST:
+            value = copy_to(value, HOST, reason="save", what="param")
+        tensors[name] = np.require(value, requirements="C")
+        buffer_table[name] = {"shape": list(buffer.shape), "dtype": dtype_name(buffer.dtype),
+                              "origin": buffer.origin, "name": buffer.name}
+    architecture = encode_model(model, {id(p): name for name, p in
+                                        [*named.items(), *buffers.items()]})
     meta = {
         FORMAT_KEY: FORMAT_VERSION,
         ARCHITECTURE_KEY: _dumps(architecture),
@@ -82,6 +94,8 @@ def save(model: Any, path: Any, *, optimizer: Any = None,
         ALIASES_KEY: _dumps(aliases(model)),
         GRAPH_KEY: graph_id(model),
     }
+    if buffer_table:
+        meta[BUFFERS_KEY] = _dumps(buffer_table)
     if optimizer is not None:
         state, state_tensors = encode_state(optimizer.state_dict())
         tensors.update(state_tensors)
@@ -108,7 +122,8 @@ def _load(path: Any, target: Device, verify: bool) -> Any:
     raw = read(path)
     model_file = read_model_file(raw)
     model = build_model(model_file)
-    arrays = load_arrays(raw, list(model_file.params), checksums=_sums(model_file, verify))
+    arrays = load_arrays(raw, [*model_file.params, *model_file.buffers],
+                         checksums=_sums(model_file, verify))
     if target != HOST:
         arrays = {name: copy_to(array, target, reason="load", what="param")
                   for name, array in arrays.items()}
@@ -185,7 +200,8 @@ def _file_source(model: Any, path: Any, check: str, verify: bool
         file_model = build_model(model_file)  # validates the whole header
         if check == "graph":
             _check_graph(model, file_model, raw.path)
-        wanted, sums = list(model_file.params), _sums(model_file, verify)
+        wanted = [*model_file.params, *model_file.buffers]
+        sums = _sums(model_file, verify)
     elif check == "graph":
         raise LoadError(
             f"{raw.path}: not a modelsync file (no {FORMAT_KEY!r} metadata), so it has no "
@@ -275,25 +291,38 @@ def _serialize(tensors: dict[str, np.ndarray], meta: dict[str, str], target: Any
         raise SaveError(f"{target}: safetensors could not serialize the model: {exc}") from exc
 
 
+class BufferMismatchError(GraphMismatchError, LoadError):
+    """A file's Buffers do not match the model's (one missing, extra or of another shape or
+    dtype): a GraphMismatchError as for Params, and a LoadError, since the file is wrong
+    for this model."""
+
+
+def _mismatch(path: str, buffers: set[str]) -> type[GraphMismatchError]:
+    """The error class for a mismatch at ``path``: BufferMismatchError for a Buffer's."""
+    return BufferMismatchError if path in buffers else GraphMismatchError
+
+
 def _check_graph(model: Any, file_model: Any, where: str) -> None:
     mine, theirs = graph_id(model), graph_id(file_model)
     if mine == theirs:
         return
     hint = "pass check='structure' to load by parameter names, shapes and dtypes"
     ours, stored = structure(model), structure(file_model)
+    held = set(named_buffers(model)) | set(named_buffers(file_model))
     for (path_a, shape_a, dtype_a), (path_b, shape_b, dtype_b) in zip(ours, stored, strict=False):
         if path_a != path_b:
-            raise GraphMismatchError(
-                    f"{path_a}: the model has a Param here but the file has {path_b} in its place; "
+            raise (BufferMismatchError if {path_a, path_b} & held else GraphMismatchError)(
+                f"{path_a}: the model has this here but the file has {path_b} in its place; "
                 f"the file was not saved from this model's graph; {hint}")
         if (shape_a, dtype_a) != (shape_b, dtype_b):
-            raise GraphMismatchError(
+            raise _mismatch(path_a, held)(
                 f"{path_a}: model {shape_a} {dtype_a} vs file {shape_b} {dtype_b}; the file was "
                 "not saved from this model's graph")
     if len(ours) != len(stored):
         longer, side = (ours, "the model") if len(ours) > len(stored) else (stored, "the file")
-        raise GraphMismatchError(
-            f"{longer[min(len(ours), len(stored))][0]}: only {side} has a Param here; the file "
+        path = longer[min(len(ours), len(stored))][0]
+        raise _mismatch(path, held)(
+            f"{path}: only {side} has this; the file "
             f"was not saved from this model's graph; {hint}")
     raise GraphMismatchError(
         f"{where}: the file's graph_id {theirs} differs from the model's {mine}: same "
@@ -321,7 +350,8 @@ def _match(model: Any, names: Names, source: Source, strict: bool) -> list[tuple
     unused = [key for key in source.keys if key not in used]
     for path, p, key in places:
         if id(p) not in chosen:
-            raise GraphMismatchError(_missing(path, key, source, unused if strict else []))
+            kind = BufferMismatchError if _file_buffer(p, source) else GraphMismatchError
+            raise kind(_missing(path, key, source, unused if strict else []))
     if unused and strict:
         key = unused[0]
         named = "no Param of that name" if names is None else "no Param that names maps to it"
@@ -335,7 +365,8 @@ def _match(model: Any, names: Names, source: Source, strict: bool) -> list[tuple
         shape, dtype = tuple(array.shape), dtype_name(array.dtype)
         if (p.shape, dtype_name(p.dtype)) != (shape, dtype):
             label = source.side if key == path else f"{source.side} {key!r}"
-            raise GraphMismatchError(
+            kind = BufferMismatchError if _file_buffer(p, source) else GraphMismatchError
+            raise kind(
                 f"{path}: model {p.shape} {dtype_name(p.dtype)} vs {label} {shape} {dtype}")
     for path, p, key in also:
         first_path, _, first_key = chosen[id(p)]
@@ -344,6 +375,12 @@ def _match(model: Any, names: Names, source: Source, strict: bool) -> list[tuple
                 f"{first_path} and {path}: the model ties them to one Param but "
                 f"{source.where} holds different values at {first_key!r} and {key!r}")
     return [(p, arrays[key]) for _, p, key in chosen.values()]
+
+
+def _file_buffer(p: Any, source: Source) -> bool:
+    """Whether ``p`` is a Buffer being loaded from a file (a mismatch is then also a
+    LoadError: the file's Buffers are missing or mis-shaped for this model)."""
+    return isinstance(p, Buffer) and source.side == "file"
 
 
 def _missing(path: str, key: Any, source: Source, unused: list[Any]) -> str:

@@ -1,6 +1,6 @@
 """A model's architecture as JSON, and back: registered layer type names, each layer's static
-configuration, its children by field, and Params by path reference (a tied Param or a shared
-layer is written once and referred to by path afterwards).
+configuration, its children by field, and Params and Buffers by path reference (a tied Param
+or a shared layer is written once and referred to by path afterwards).
 
 Reading is two steps. `read_plan` checks the JSON and turns it into a small tree of plain
 records (nothing is constructed, so `inspect` can show a file whose layers are not imported);
@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from ..buffers import Buffer
 from ..errors import LoadError, SaveError
 from ..params import Param
 from ..tree import (
@@ -39,7 +40,8 @@ MAX_DEPTH = 200
 
 # -- writing ------------------------------------------------------------------------------
 def encode_model(model: Any, param_path: dict[int, str]) -> dict[str, Any]:
-    """The architecture of ``model``; ``param_path`` maps id(Param) to its first path."""
+    """The architecture of ``model``; ``param_path`` maps id(Param) (and id(Buffer)) to its
+    first path."""
     return _encode_layer(model, "", param_path, {})
 
 
@@ -64,6 +66,8 @@ def _encode_child(value: Any, path: str, param_path: dict[int, str], seen: dict[
                   ) -> Any:
     if value is None:
         return None
+    if type(value) is Buffer:
+        return {"buffer": param_path[id(value)]}
     if isinstance(value, Param):
         return {"param": param_path[id(value)]}
     if is_layer(value):
@@ -113,6 +117,11 @@ class ParamRef:
 
 
 @attrs.frozen
+class BufferRef:
+    path: str  # the path the Buffer is stored under
+
+
+@attrs.frozen
 class SameLayer:
     path: str  # the path where the shared layer first appears
 
@@ -128,16 +137,30 @@ class Value:
     value: Any  # a non-tree item inside a container
 
 
-def read_plan(data: Any, param_paths: set[str], *, require_registered: bool = True
-              ) -> LayerPlan:
-    """Check an architecture's JSON and return its plan; LoadError saying what is wrong."""
-    root = _read_node(data, "", param_paths, require_registered, 0, top=True)
+def read_plan(data: Any, param_paths: set[str], *, require_registered: bool = True,
+              buffer_paths: set[str] | None = None) -> LayerPlan:
+    """Check an architecture's JSON and return its plan; LoadError saying what is wrong.
+    ``buffer_paths``: the Buffers the file lists (Params and Buffers share one set of
+    names: the tensors')."""
+    refs = _Refs(param_paths, buffer_paths or set())
+    root = _read_node(data, "", refs, require_registered, 0, top=True)
     if not isinstance(root, LayerPlan):
         raise LoadError("the architecture's root is not a layer")
     return root
 
 
-def _read_node(data: Any, path: str, param_paths: set[str], registered: bool, depth: int,
+class _Refs:
+    """The stored paths an architecture may refer to: Params' and Buffers'."""
+
+    def __init__(self, params: set[str], buffers: set[str]) -> None:
+        self.params = params
+        self.buffers = buffers
+
+    def __contains__(self, path: Any) -> bool:
+        return path in self.params
+
+
+def _read_node(data: Any, path: str, param_paths: Any, registered: bool, depth: int,
                top: bool = False, in_container: bool = False) -> Any:
     where = f"architecture at {path or 'the root'}"
     if depth > MAX_DEPTH:
@@ -157,6 +180,11 @@ def _read_node(data: Any, path: str, param_paths: set[str], registered: bool, de
             raise LoadError(f"{where}: refers to Param {data['param']!r}, which the file does "
                             "not list")
         return ParamRef(data["param"])
+    if keys == {"buffer"} and isinstance(data["buffer"], str):
+        if data["buffer"] not in param_paths.buffers:
+            raise LoadError(f"{where}: refers to Buffer {data['buffer']!r}, which the file "
+                            "does not list")
+        return BufferRef(data["buffer"])
     if keys == {"same"} and isinstance(data["same"], str):
         return SameLayer(data["same"])
     if len(keys) == 1 and keys <= {"list", "tuple"}:
@@ -168,10 +196,11 @@ def _read_node(data: Any, path: str, param_paths: set[str], registered: bool, de
                                 for i, item in enumerate(data[kind])])
     if in_container and keys == {"value"}:
         return Value(codec.decode(data["value"], where))
-    raise LoadError(f"{where}: {sorted(keys)} is not a layer, param, same, list or tuple node")
+    raise LoadError(f"{where}: {sorted(keys)} is not a layer, param, buffer, same, list or "
+                    "tuple node")
 
 
-def _read_layer(data: dict[str, Any], path: str, param_paths: set[str], registered: bool,
+def _read_layer(data: dict[str, Any], path: str, param_paths: Any, registered: bool,
                 depth: int) -> LayerPlan:
     where = f"architecture at {path or 'the root'}"
     name, config, children = data["layer"], data["config"], data["children"]
@@ -202,15 +231,20 @@ def _read_layer(data: dict[str, Any], path: str, param_paths: set[str], register
 
 
 # -- reading: plan -> model ------------------------------------------------------------------
-def build(plan: LayerPlan, make_param: Callable[[str], Param]) -> Any:
+def build(plan: LayerPlan, make_param: Callable[[str], Param],
+          make_buffer: Callable[[str], Buffer] | None = None) -> Any:
     """Construct the model a plan describes; ``make_param(path)`` gives each stored Param
-    (called once per path, so tied Params come back tied)."""
-    return _Builder(make_param).layer(plan)
+    and ``make_buffer(path)`` each stored Buffer (called once per path, so tied Params come
+    back tied)."""
+    return _Builder(make_param, make_buffer).layer(plan)
 
 
 class _Builder:
-    def __init__(self, make_param: Callable[[str], Param]) -> None:
+    def __init__(self, make_param: Callable[[str], Param],
+                 make_buffer: Callable[[str], Buffer] | None = None) -> None:
         self.make_param = make_param
+        self.make_buffer = make_buffer
+        self.buffers: dict[str, Buffer] = {}
         self.params: dict[str, Param] = {}
         self.layers: dict[str, Any] = {}
 
@@ -234,6 +268,12 @@ class _Builder:
             if plan.path not in self.params:
                 self.params[plan.path] = self.make_param(plan.path)
             return self.params[plan.path]
+        if isinstance(plan, BufferRef):
+            if self.make_buffer is None:
+                raise LoadError(f"architecture: a Buffer at {plan.path!r} has no stored tensor")
+            if plan.path not in self.buffers:
+                self.buffers[plan.path] = self.make_buffer(plan.path)
+            return self.buffers[plan.path]
         if isinstance(plan, SameLayer):
             if plan.path not in self.layers:
                 raise LoadError(f"architecture: a shared layer refers to {plan.path!r}, which "

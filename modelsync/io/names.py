@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ArgumentError, ArgumentTypeError
 from ..params import Param
-from ..tree import param_paths
+from ..tree import state_paths
 
 Names = Mapping[str, str] | Callable[[str], str] | None
 
@@ -28,10 +28,12 @@ def check_names(names: Any) -> None:
 
 
 def keyed_places(model: Any, names: Names) -> list[tuple[str, Param, str]]:
-    """(path, Param, key) for every place a Param is used, in the model's order (a tied
-    Param once per place). Every dict key must be one of the model's paths and every key
-    a str; ArgumentError/ArgumentTypeError otherwise, before anything is read or written."""
-    places = param_paths(model)
+    """(path, Param, key) for every place a Param or Buffer is used, in the model's order (a
+    tied Param once per place; Buffers by their paths too, so BatchNorm's ``running_mean``,
+    ``running_var`` and ``num_batches_tracked`` meet torch's keys of those names). Every
+    dict key must be one of the model's paths and every key a str; ArgumentError or
+    ArgumentTypeError otherwise, before anything is read or written."""
+    places = state_paths(model)
     if names is None:
         return [(path, p, path) for path, p in places]
     if isinstance(names, Mapping):
@@ -40,8 +42,8 @@ def keyed_places(model: Any, names: Names) -> list[tuple[str, Param, str]]:
             if path not in known:
                 listed = ", ".join(repr(p) for p, _ in places[:4])
                 raise ArgumentError(
-                    f"names[{path!r}]: the model has no Param at that path; names maps the "
-                    f"model's parameter paths (here {listed}{', ...' if len(places) > 4 else ''})"
+                    f"names[{path!r}]: the model has no Param or Buffer at that path; names "
+                    f"maps the model's paths (here {listed}{', ...' if len(places) > 4 else ''})"
                     " to the other side's keys")
             _check_key(key, f"names[{path!r}] = {key!r}")
         return [(path, p, names.get(path, path)) for path, p in places]

@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..buffers import Buffer
 from ..devices import dtype_name
 from ..errors import LoadError
+from ..layers.batchnorm import BatchNorm
 from ..layers.dense import Dense
 from ..layers.embedding import Embedding
 from ..layers.norm import LayerNorm
@@ -37,8 +39,19 @@ def _layer_norm(node: LayerNorm) -> Spec:
     return {"weight": ((node.dim,), node.dtype), "bias": ((node.dim,), node.dtype)}
 
 
+def _batch_norm(node: BatchNorm) -> Spec:
+    c, dtype = (node.num_features,), node.dtype
+    stats = node.track_running_stats
+    return {"weight": (c, dtype) if node.affine else None,
+            "bias": (c, dtype) if node.affine else None,
+            "running_mean": (c, dtype) if stats else None,
+            "running_var": (c, dtype) if stats else None,
+            "num_batches_tracked": ((), "int64") if stats else None}
+
+
 PARAM_SPECS: dict[type, Callable[[Any], Spec]] = {
     Dense: _dense, Embedding: _embedding, LayerNorm: _layer_norm}
+PARAM_SPECS[BatchNorm] = _batch_norm  # (its Buffers are checked with its Params)
 
 
 def check_layers(model: Any) -> None:
@@ -51,10 +64,17 @@ def check_layers(model: Any) -> None:
             continue
         where = f"architecture at {path or 'the root'}: {layer_name(node)}"
         for field, expected in check(node).items():
-            param = getattr(node, field)  # a Param, or None where expected is None: the
-            if expected is None:          # class's param_field validators saw to that
+            param = getattr(node, field)  # a Param or Buffer, or None
+            if expected is None:
+                if param is not None:
+                    raise LoadError(f"{where}: {field!r} holds a {type(param).__name__} but "
+                                    "the layer's configuration has none")
                 continue
+            kind = "Buffer" if isinstance(param, Buffer) else "Param"
+            if param is None:
+                raise LoadError(f"{where}: {field!r} is missing (None) but the layer's "
+                                f"configuration needs {expected[0]} {expected[1]}")
             actual = (param.shape, dtype_name(param.dtype))
             if actual != expected:
-                raise LoadError(f"{where}: Param {field!r} is {actual[0]} {actual[1]} but the "
+                raise LoadError(f"{where}: {kind} {field!r} is {actual[0]} {actual[1]} but the "
                                 f"layer's configuration needs {expected[0]} {expected[1]}")

@@ -1,6 +1,6 @@
 """Built-in layers: Dense/Affine, Chain and the combinators (SkipConnection, Parallel),
-activations, Embedding, normalisation, Dropout, convolutions and pooling, shape layers,
-attention and positions, recurrent layers."""
+activations, Embedding, normalisation (LayerNorm, RMSNorm, BatchNorm), Dropout, convolutions
+and pooling, shape layers, attention and positions, recurrent layers."""
 
 from .activations import (
     GELU,
@@ -17,6 +17,7 @@ from .activations import (
 )
 from .attention import MultiHeadAttention
 from .base import Context, layer
+from .batchnorm import BatchNorm
 from .chain import Chain
 from .combinators import Parallel, SkipConnection
 from .conv import Conv1d, Conv2d
@@ -38,3 +39,4 @@ __all__ = [
     "layer", "relu", "sigmoid", "softmax", "tanh",
     "AvgPool2d", "Conv1d", "Conv2d", "Flatten", "GlobalAvgPool", "MaxPool2d", "Reshape",
 ]
+__all__ += ["BatchNorm"]

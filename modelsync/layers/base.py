@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from ..buffers import Buffer, check_value
 from ..devices import Device, device_of, dtype_name, is_array, on_device
 from ..errors import ArgumentError, ArgumentTypeError, DeviceMismatchError
 from ..params import Param
@@ -144,13 +145,50 @@ def param_field(*, optional: bool = False, **kwargs: Any) -> Any:
 
 def _holds_param(optional: bool) -> Callable[[Any, Any, Any], None]:
     def check(node: Any, field: Any, value: Any) -> None:
-        if isinstance(value, Param) or (optional and value is None):
+        if (isinstance(value, Param) and not isinstance(value, Buffer)) or (
+                optional and value is None):
             return
         raise ArgumentTypeError(
             f"{type(node).__name__}.{field.name} holds a {type(value).__name__}; expected a "
             "Param" + (" or None" if optional else ""))
 
     return check
+
+
+def buffer_field(*, optional: bool = False, **kwargs: Any) -> Any:
+    """An attrs field that holds a Buffer (state that is not trained: running statistics,
+    counters), or None where ``optional``. Assigning an array to it afterwards writes the
+    values into the Buffer in place, checked (same shape, dtype and device; a counter takes
+    integers only); assigning another Buffer must match the one it replaces."""
+    return attrs.field(metadata={"buffer": True}, validator=_holds_buffer(optional),
+                       on_setattr=_assign_buffer(optional), **kwargs)
+
+
+def _holds_buffer(optional: bool) -> Callable[[Any, Any, Any], None]:
+    def check(node: Any, field: Any, value: Any) -> None:
+        if type(value) is Buffer or (optional and value is None):
+            return
+        raise ArgumentTypeError(
+            f"{type(node).__name__}.{field.name} holds a {type(value).__name__}; expected a "
+            "Buffer" + (" or None" if optional else "") + " (ms.buffer_field)")
+
+    return check
+
+
+def _assign_buffer(optional: bool) -> Callable[[Any, Any, Any], Any]:
+    def assign(node: Any, field: Any, value: Any) -> Any:
+        where = f"{type(node).__name__}.{field.name}"
+        old = getattr(node, field.name, None)
+        if type(old) is Buffer and type(value) is not Buffer and value is not None:
+            check_value(old, value, where)
+            old.assign(value)
+            return old
+        if type(old) is Buffer and type(value) is Buffer and value is not old:
+            check_value(old, value.value, where)
+        _holds_buffer(optional)(node, field, value)
+        return value
+
+    return assign
 
 
 def accumulate(p: Param | None, delta: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ..buffers import Buffer
 from ..errors import ArgumentError, ArgumentTypeError
 from ..params import Param
 from ..tree import is_layer
@@ -41,6 +42,10 @@ def bind_params(params: Any, paths: Sequence[str] | None = None
             raise ArgumentTypeError(
                 f"params[{i}] is a {type(p).__name__} ({text}); expected a Param: pass "
                 "ms.params(model) or a list of ms.Param")
+        if isinstance(p, Buffer):  # (state that is not trained: no optimizer touches it)
+            raise ArgumentTypeError(
+                f"params[{i}] is a Buffer ({p!r}): state that is not trained (running "
+                "statistics, counters); pass ms.params(model), which never includes Buffers")
         if id(p) in seen:
             continue
         seen.add(id(p))
