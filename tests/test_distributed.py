@@ -11,7 +11,6 @@ mpiexec) is tested in tests/test_distributed_single.py.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,23 @@ RANKS = str(Path(__file__).with_name("distributed_ranks.py"))
 LAUNCH_TIMEOUT = 120  # seconds; a launch normally takes 3-8 s on two busy cores
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=["n2", "n3"])
+#: An MPI started without THREAD_MULTIPLE has no watchdog thread: every collective is then a
+#: polled non-blocking one and the agreement goes through rank 0 (the fallback path).
+NO_THREADS = {"MPI4PY_RC_THREAD_LEVEL": "serialized"}
+
+
+@pytest.fixture(scope="module", params=[(2, False), (3, False), (2, True)],
+                ids=["n2", "n3", "n2-no-threads"])
 def job(request, tmp_path_factory):
-    """Every rank's results of one ``main`` launch of 2 or 3 ranks."""
-    n = request.param
+    """Every rank's results of one ``main`` launch of 2 or 3 ranks (blocking collectives
+    under the watchdog), and of 2 ranks whose MPI has no threads for it."""
+    n, polled = request.param
     out = tmp_path_factory.mktemp(f"mpi{n}")
-    done = run_mpi(n, [RANKS, "main", str(out)], timeout=LAUNCH_TIMEOUT, out=out)
+    done = run_mpi(n, [RANKS, "main", str(out)], timeout=LAUNCH_TIMEOUT, out=out,
+                   env=NO_THREADS if polled else None)
     assert done.returncode == 0, f"the job failed:\n{done.stdout}\n{done.stderr}"
     assert [r.get("rank") for r in done.results] == list(range(n)), done.stderr
+    assert [r["watched"] for r in done.results] == [not polled] * n  # which path ran
     for rank, result in enumerate(done.results):
         broken = {k: v["crashed"] for k, v in result.items()
                   if isinstance(v, dict) and "crashed" in v}
@@ -203,6 +211,17 @@ def test_a_rank_that_never_arrives_is_named_after_the_timeout(tmp_path):
     assert done.seconds < 30
 
 
+def test_a_rank_that_agreed_but_never_joins_the_blocking_collective_is_caught(tmp_path):
+    """The bytes move by the MPI's blocking call; the watchdog thread ends the job at the
+    timeout, naming the operation, although the collective itself never returns."""
+    done = run_mpi(2, [RANKS, "silent0", str(tmp_path), "2"], timeout=60)
+    assert done.returncode != 0
+    assert "rank 1 of 2: distributed.broadcast: Bcast of 252 bytes from rank 0: it did not " \
+           "complete within 2 s although every rank had agreed to it" in done.stderr, done.stderr
+    assert "ending the job (MPI Abort)" in done.stderr
+    assert done.seconds < 30
+
+
 def test_when_rank_0_never_arrives_the_others_say_so(tmp_path):
     done = run_mpi(2, [RANKS, "stuck0", str(tmp_path), "1"], timeout=60)
     assert done.returncode != 0
@@ -220,7 +239,13 @@ def test_aborted_jobs_leave_no_shared_memory_behind(tmp_path):
     assert not (set(done.leftovers) & _shm_files())
 
 
-def test_mpiexec_is_next_to_the_interpreter():
-    from distributed_launch import MPIEXEC
+def test_the_launcher_is_the_one_of_the_mpi_mpi4py_loads():
+    from distributed_launch import library
 
-    assert MPIEXEC.parent == Path(sys.executable).parent and MPIEXEC.exists()
+    from modelsync.distributed.launch import find_mpiexec, launcher_family
+
+    lib = library()
+    assert lib.family in ("MPICH", "Open MPI") and lib.path, lib  # the two wheels CI runs
+    mpiexec = Path(find_mpiexec(lib))
+    assert mpiexec.parent == Path(lib.path).resolve().parent.parent / "bin"
+    assert launcher_family(str(mpiexec)) == lib.family

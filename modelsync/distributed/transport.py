@@ -78,17 +78,21 @@ def _run(comm: Comm, buffer: Any, dev: Any, use_nccl: bool, *, reason: str, what
 
 def _host_bcast(comm: Comm, host: np.ndarray, root: int, label: str) -> None:
     """``root``'s host buffer into every rank's, in place."""
-    request = comm.mpi.Ibcast(_raw(host), root=root)
-    comm.wait([request], label, deadline=comm.deadline(), missing=_after_agreement(comm))
+    raw = _raw(host)
+    comm.collective(label, blocking=lambda: comm.mpi.Bcast(raw, root=root),
+                    nonblocking=lambda: comm.mpi.Ibcast(raw, root=root),
+                    missing=_after_agreement(comm))
 
 
 def _host_sum(comm: Comm, host: np.ndarray, label: str) -> None:
-    """In-place MPI sum of a host buffer; float16 (which MPI cannot add) is summed in
-    float32 and rounded once."""
+    """In-place MPI sum of a host buffer (the MPI's own blocking Allreduce, watched: see
+    `Comm.collective`); float16 (which MPI cannot add) is summed in float32 and rounded
+    once."""
     mpi = mpi_module()
     work = host.astype(np.float32) if host.dtype == np.float16 else host
-    request = comm.mpi.Iallreduce(mpi.IN_PLACE, work, op=mpi.SUM)
-    comm.wait([request], label, deadline=comm.deadline(), missing=_after_agreement(comm))
+    comm.collective(label, blocking=lambda: comm.mpi.Allreduce(mpi.IN_PLACE, work, op=mpi.SUM),
+                    nonblocking=lambda: comm.mpi.Iallreduce(mpi.IN_PLACE, work, op=mpi.SUM),
+                    missing=_after_agreement(comm))
     if work is not host:
         host[...] = work
 
@@ -147,9 +151,13 @@ def broadcast_bytes(comm: Comm, data: bytes | None, root: int) -> bytes:
     byte = mpi_module().BYTE
     length = np.array([len(data) if comm.rank == root else 0], dtype=np.int64)
     label = f"{REASON_HEADER} from rank {root}"
-    request = comm.mpi.Ibcast([length.view(np.uint8), byte], root=root)
-    comm.wait([request], label, deadline=comm.deadline(), missing=_after_agreement(comm))
+    sized = [length.view(np.uint8), byte]
+    comm.collective(label, blocking=lambda: comm.mpi.Bcast(sized, root=root),
+                    nonblocking=lambda: comm.mpi.Ibcast(sized, root=root),
+                    missing=_after_agreement(comm))
     buffer = bytearray(data) if comm.rank == root else bytearray(int(length[0]))
-    request = comm.mpi.Ibcast([buffer, byte], root=root)
-    comm.wait([request], label, deadline=comm.deadline(), missing=_after_agreement(comm))
+    whole = [buffer, byte]
+    comm.collective(label, blocking=lambda: comm.mpi.Bcast(whole, root=root),
+                    nonblocking=lambda: comm.mpi.Ibcast(whole, root=root),
+                    missing=_after_agreement(comm))
     return bytes(buffer)
