@@ -247,3 +247,23 @@ def test_the_command_line_exports_a_saved_model(tmp_path, capsys):
                  "--input-shape", "1,x"]) == 2
     assert "not a shape" in capsys.readouterr().err
     assert not (tmp_path / "b.onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "lm"])
+def test_the_demo_models_export_after_training_and_a_round_trip(name, tmp_path):
+    from modelsync import workloads
+
+    work = workloads.WORKLOADS[name]
+    x, y, x_test, _ = work.data()
+    model = work.build(0)
+    opt = optim.Adam(ms.params(model), lr=work.lr)
+    for i in range(3):
+        opt.zero_grad()
+        ms.backprop(model, work.loss, x[i * 16:(i + 1) * 16], y[i * 16:(i + 1) * 16])
+        opt.step()
+    ms.save(model, tmp_path / "m.safetensors")
+    reloaded = ms.load(tmp_path / "m.safetensors")
+    ms.export_onnx(reloaded, tmp_path / "m.onnx", example=x_test[:1])
+    for rows in (x_test[:1], x_test[:7]):
+        np.testing.assert_allclose(_run(tmp_path / "m.onnx", rows), model(rows), rtol=RTOL,
+                                   atol=ATOL)
