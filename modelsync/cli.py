@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load a .safetensors file written by ms.save (nothing in it is executed), "
                     "and write the model in evaluation mode as an ONNX graph checked by ONNX's "
                     "checker, with a dynamic batch axis. --input-shape is one example batch's "
-                    "shape, batch first (1,64 for the digits MLP; 1,1,8,8 for the CNN; 1,64 "
+                    "shape, batch first (1,64 for the digits MLP; 1,1,8,8 for the CNN; 1,32 "
                     "with --dtype int64 for the language model's token ids).")
     export.add_argument("file", metavar="MODEL", help="a file written by ms.save")
     export.add_argument("out", metavar="OUT", help="the .onnx file to write (atomically)")
