@@ -45,8 +45,20 @@ def _half_kernel(node: Any, field: Any, padding: tuple[int, ...]) -> None:
             "at most kernel_size // 2 on each axis")
 
 
+@attrs.define(eq=False, init=False)
 class _Pool2d:
-    """What MaxPool2d and AvgPool2d share: checks, padding and the windows."""
+    """What MaxPool2d and AvgPool2d share: their configuration, the constructor, checks,
+    padding and the windows."""
+
+    kernel_size: tuple[int, ...] = attrs.field(converter=int_tuple("kernel_size", 2))
+    stride: tuple[int, ...] = attrs.field(converter=int_tuple("stride", 2))
+    padding: tuple[int, ...] = attrs.field(converter=int_tuple("padding", 2, 0),
+                                           validator=_half_kernel)
+
+    def __init__(self, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] | None = None,
+                 padding: int | tuple[int, int] = 0) -> None:
+        _pool_init(self, kernel_size, stride, padding)
 
     def _windows(self, x: Any, ctx: Context) -> tuple[tuple, tuple[int, int], Any]:
         """The checked input's padding pairs, output size and each kernel offset's index."""
@@ -71,16 +83,6 @@ def _pool_init(self: Any, kernel_size: Any, stride: Any, padding: Any) -> None:
 class MaxPool2d(_Pool2d):
     """``torch.nn.MaxPool2d(kernel_size, stride=None, padding=0)``: the largest entry of each
     window (padding never wins: it is -inf); ``stride`` defaults to ``kernel_size``."""
-
-    kernel_size: tuple[int, ...] = attrs.field(converter=int_tuple("kernel_size", 2))
-    stride: tuple[int, ...] = attrs.field(converter=int_tuple("stride", 2))
-    padding: tuple[int, ...] = attrs.field(converter=int_tuple("padding", 2, 0),
-                                           validator=_half_kernel)
-
-    def __init__(self, kernel_size: int | tuple[int, int],
-                 stride: int | tuple[int, int] | None = None,
-                 padding: int | tuple[int, int] = 0) -> None:
-        _pool_init(self, kernel_size, stride, padding)
 
     def forward(self, x: Any, ctx: Context) -> tuple[Any, Any]:
         pads, _, windows = self._windows(x, ctx)
@@ -115,16 +117,6 @@ class AvgPool2d(_Pool2d):
     """``torch.nn.AvgPool2d(kernel_size, stride=None, padding=0)``: each window's mean, the
     zero padding counted (torch's default ``count_include_pad=True``); ``stride`` defaults
     to ``kernel_size``."""
-
-    kernel_size: tuple[int, ...] = attrs.field(converter=int_tuple("kernel_size", 2))
-    stride: tuple[int, ...] = attrs.field(converter=int_tuple("stride", 2))
-    padding: tuple[int, ...] = attrs.field(converter=int_tuple("padding", 2, 0),
-                                           validator=_half_kernel)
-
-    def __init__(self, kernel_size: int | tuple[int, int],
-                 stride: int | tuple[int, int] | None = None,
-                 padding: int | tuple[int, int] = 0) -> None:
-        _pool_init(self, kernel_size, stride, padding)
 
     def forward(self, x: Any, ctx: Context) -> tuple[Any, Any]:
         pads, out, windows = self._windows(x, ctx)

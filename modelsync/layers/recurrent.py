@@ -71,12 +71,25 @@ def _init_params(input_size: int, hidden_size: int, gates: int, bias: bool, dtyp
     return made if bias else [*made, None, None]
 
 
+@attrs.define(eq=False, init=False)
 class _Recurrent:
-    """What GRU and LSTM share: the input checks, the time-major layout and the pullback
-    that turns stacked gate gradients into Param gradients (one matmul each)."""
+    """What GRU and LSTM share: their configuration and Params (torch's names), the
+    constructor, the input checks, the time-major layout and the pullback that turns stacked
+    gate gradients into Param gradients (one matmul each)."""
 
     kind: ClassVar[str] = ""
     gates: ClassVar[int] = 0
+    input_size: int = attrs.field(converter=positive_int("input_size"))
+    hidden_size: int = attrs.field(converter=positive_int("hidden_size"))
+    dtype: str = attrs.field(converter=check_dtype)
+    weight_ih_l0: Param = param_field()
+    weight_hh_l0: Param = param_field()
+    bias_ih_l0: Param | None = param_field(default=None, optional=True)
+    bias_hh_l0: Param | None = param_field(default=None, optional=True)
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
+                 dtype: str = "float32", seed: int | None = None) -> None:
+        _construct(self, input_size, hidden_size, bias, dtype, seed)
 
     def forward(self, x: Any, ctx: Context, state: Any = None) -> tuple[Any, Any]:
         y, pullback = self.forward_state(x, ctx, state)
@@ -197,18 +210,6 @@ class GRU(_Recurrent):
 
     kind: ClassVar[str] = "GRU"
     gates: ClassVar[int] = 3
-    input_size: int = attrs.field(converter=positive_int("input_size"))
-    hidden_size: int = attrs.field(converter=positive_int("hidden_size"))
-    dtype: str = attrs.field(converter=check_dtype)
-    weight_ih_l0: Param = param_field()
-    weight_hh_l0: Param = param_field()
-    bias_ih_l0: Param | None = param_field(default=None, optional=True)
-    bias_hh_l0: Param | None = param_field(default=None, optional=True)
-
-    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
-                 dtype: str = "float32", seed: int | None = None) -> None:
-        _construct(self, input_size, hidden_size, bias, dtype, seed)
-
     __call__ = _call_with_state
 
     def _states(self, state: Any, batch: int, dtype: Any, ctx: Context) -> Any:
@@ -234,18 +235,6 @@ class LSTM(_Recurrent):
 
     kind: ClassVar[str] = "LSTM"
     gates: ClassVar[int] = 4
-    input_size: int = attrs.field(converter=positive_int("input_size"))
-    hidden_size: int = attrs.field(converter=positive_int("hidden_size"))
-    dtype: str = attrs.field(converter=check_dtype)
-    weight_ih_l0: Param = param_field()
-    weight_hh_l0: Param = param_field()
-    bias_ih_l0: Param | None = param_field(default=None, optional=True)
-    bias_hh_l0: Param | None = param_field(default=None, optional=True)
-
-    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
-                 dtype: str = "float32", seed: int | None = None) -> None:
-        _construct(self, input_size, hidden_size, bias, dtype, seed)
-
     __call__ = _call_with_state
 
     def _states(self, state: Any, batch: int, dtype: Any, ctx: Context) -> Any:
