@@ -220,8 +220,13 @@ def test_bad_examples_and_paths_write_nothing(tmp_path):
         ms.export_onnx(model, target, example=np.asarray(1.0, np.float32))
     with pytest.raises(ms.SaveError, match="does not exist"):
         ms.export_onnx(model, tmp_path / "missing" / "m.onnx", example=_floats(1, 4))
-    with pytest.raises(ms.SaveError, match="is a directory"):
+    with pytest.raises(ms.SaveError, match="is a directory.*model.onnx"):
         ms.export_onnx(model, tmp_path, example=_floats(1, 4))
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    with pytest.raises(ms.SaveError, match="is a FIFO"):
+        ms.export_onnx(model, fifo, example=_floats(1, 4))
+    os.unlink(fifo)
     device_model = ms.to_device(model, "sim:1")
     with pytest.raises(ms.DeviceMismatchError, match="sim:2"):
         ms.export_onnx(device_model, target, example=ms.to_device(_floats(1, 4), "sim:2"))

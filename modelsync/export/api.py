@@ -9,7 +9,7 @@ import numpy as np
 
 from ..devices import HOST, device_of, is_array
 from ..errors import ArgumentError, ArgumentTypeError, DeviceMismatchError, ExportError
-from ..io.atomic import atomic_write
+from ..io.atomic import atomic_write, check_destination
 from ..io.files import check_path
 from ..layers.base import param_device
 from ..transfers import copy_to
@@ -29,13 +29,7 @@ def export_onnx(model: Any, path: Any, *, example: Any) -> None:
     the whole graph is built and passes ``onnx.checker.check_model(full_check=True)``."""
     target = check_path(path)
     require_model(model)
-    if target.is_dir() or not target.parent.is_dir():
-        from ..errors import SaveError
-
-        raise SaveError(f"{target}: " + ("is a directory; pass a file path such as "
-                                         f"{target / 'model.onnx'}" if target.is_dir() else
-                                         f"the folder {target.parent} does not exist; create "
-                                         "it first"))
+    check_destination(target, "model.onnx")  # before the work, as atomic_write checks after
     try:
         import onnx
     except ImportError as exc:

@@ -45,9 +45,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     one): a directory, a device node or a FIFO is a SaveError, and nothing is replaced.
     """
     folder = path.parent
-    check_target(path)
-    if not folder.is_dir():
-        raise SaveError(f"{path}: the folder {folder} does not exist; create it first")
+    check_destination(path)
     mode = _mode_for(path)
     reclaim(folder)
     temp: str | None = None
@@ -79,8 +77,17 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     _sync_folder(folder)
 
 
-def check_target(path: Path) -> None:
-    """SaveError unless ``path`` is absent or a regular file (or a symlink to one)."""
+def check_destination(path: Path, example: str = "model.safetensors") -> None:
+    """SaveError unless ``path`` can be written here: absent or a regular file, in a folder
+    that exists (what a writer checks before doing the work whose result goes there)."""
+    check_target(path, example)
+    if not path.parent.is_dir():
+        raise SaveError(f"{path}: the folder {path.parent} does not exist; create it first")
+
+
+def check_target(path: Path, example: str = "model.safetensors") -> None:
+    """SaveError unless ``path`` is absent or a regular file (or a symlink to one);
+    ``example`` is the file name a directory's message suggests."""
     try:
         found = os.stat(path).st_mode
     except FileNotFoundError:
@@ -91,7 +98,7 @@ def check_target(path: Path) -> None:
         return
     if stat.S_ISDIR(found):
         raise SaveError(f"{path}: is a directory; pass a file path such as "
-                        f"{path / 'model.safetensors'}")
+                        f"{path / example}")
     raise SaveError(f"{path}: is a {_kind(found)}, not a regular file; save to a file path "
                     "(nothing was replaced)")
 
