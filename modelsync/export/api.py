@@ -13,7 +13,7 @@ from ..io.atomic import atomic_write, check_destination
 from ..io.files import check_path
 from ..layers.base import param_device
 from ..transfers import copy_to
-from ..tree import graph_id, params, require_model
+from ..tree import graph_id, require_model
 from .emit import Emitter, Value
 
 #: ONNX operator set the graphs use: 17 has LayerNormalization and batch-first GRU/LSTM, and
@@ -39,9 +39,7 @@ def export_onnx(model: Any, path: Any, *, example: Any) -> None:
     from ..convert import to_host
 
     host = to_host(model, mode="copy")  # the values as they are now, on the host
-    first = next(iter(params(host)), None)
     g = Emitter()
-    g.float_dtype = np.float32 if first is None else np.dtype(first.value.dtype)
     source = Value("input", host_example)
     out = g.emit(host, source, "")
     output = g.node("Identity", [out.name], "output")

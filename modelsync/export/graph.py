@@ -46,6 +46,10 @@ class GraphBuilder:
         self.initializers.append(self._numpy_helper.from_array(np.asarray(array), name))
         return name
 
+    def scalar(self, value: float, dtype: Any, hint: str) -> str:
+        """A 0-d initializer holding ``value`` in ``dtype`` (a layer's floating dtype)."""
+        return self.constant(np.asarray(value, dtype=dtype), hint)
+
     def ints(self, values: Any, hint: str) -> str:
         """An int64 1-D initializer (shapes, axes, indices)."""
         return self.constant(np.asarray(values, dtype=np.int64).reshape(-1), hint)

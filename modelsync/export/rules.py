@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..layers.activations import Activation
 from ..layers.batchnorm import BatchNorm
 from ..layers.chain import Chain
@@ -19,8 +21,9 @@ from .emit import Emitter, Value, child_path, export_rule
 _GELU_C = 0.7978845608028654
 
 
-def activation(g: Emitter, name: str | None, x: str, path: str) -> str:
-    """The nodes of one named activation (modelsync.layers.activations) applied to ``x``."""
+def activation(g: Emitter, name: str | None, x: str, path: str, dtype: Any) -> str:
+    """The nodes of one named activation (modelsync.layers.activations) applied to ``x``,
+    whose floating dtype is ``dtype``."""
     if name is None:
         return x
     if name == "relu":
@@ -33,19 +36,12 @@ def activation(g: Emitter, name: str | None, x: str, path: str) -> str:
         return g.node("Softmax", [x], path, axis=-1)
     if name == "gelu":  # 0.5 x (1 + tanh(c (x + 0.044715 x^3)))
         cube = g.node("Mul", [g.node("Mul", [x, x], path), x], path)
-        inner = g.node("Add", [x, g.node("Mul", [cube, scalar(g, 0.044715, x, path)], path)],
+        inner = g.node("Add", [x, g.node("Mul", [cube, g.scalar(0.044715, dtype, path)], path)],
                        path)
-        t = g.node("Tanh", [g.node("Mul", [inner, scalar(g, _GELU_C, x, path)], path)], path)
-        half_x = g.node("Mul", [x, scalar(g, 0.5, x, path)], path)
+        t = g.node("Tanh", [g.node("Mul", [inner, g.scalar(_GELU_C, dtype, path)], path)], path)
+        half_x = g.node("Mul", [x, g.scalar(0.5, dtype, path)], path)
         return g.node("Add", [half_x, g.node("Mul", [half_x, t], path)], path)
     raise AssertionError(f"unknown activation {name!r}")  # pragma: no cover (validated)
-
-
-def scalar(g: Emitter, value: float, like: str, path: str) -> str:
-    """A float scalar constant in the graph's floating dtype (float32 unless told)."""
-    import numpy as np
-
-    return g.constant(np.asarray(value, dtype=g.float_dtype), f"{path}.const")
 
 
 def linear(g: Emitter, x: str, weight: Any, bias: Any, path: str) -> str:
@@ -67,12 +63,12 @@ def _chain(g: Emitter, layer: Chain, x: Value, path: str) -> str:
 @export_rule(Dense)
 def _dense(g: Emitter, layer: Dense, x: Value, path: str) -> str:
     return activation(g, layer.activation, linear(g, x.name, layer.weight, layer.bias, path),
-                      path)
+                      path, layer.dtype)
 
 
 @export_rule(Activation)
 def _activation(g: Emitter, layer: Activation, x: Value, path: str) -> str:
-    return activation(g, layer.name, x.name, path)
+    return activation(g, layer.name, x.name, path, x.example.dtype)
 
 
 @export_rule(Dropout)
@@ -121,8 +117,6 @@ def _parallel(g: Emitter, layer: Parallel, x: Value, path: str) -> str:
 def _batch_norm(g: Emitter, layer: BatchNorm, x: Value, path: str) -> str:
     """Evaluation mode: ONNX BatchNormalization over the running statistics (the Buffers,
     stored as initializers like Params); without them, the batch's own statistics."""
-    import numpy as np
-
     c, rank = layer.num_features, len(x.shape)
     dtype = np.dtype(layer.dtype)
     scale = (g.param(layer.weight, child_path(path, "weight")) if layer.weight is not None
@@ -139,7 +133,7 @@ def _batch_norm(g: Emitter, layer: BatchNorm, x: Value, path: str) -> str:
     centred = g.node("Sub", [x.name, mean], path)
     var = g.node("ReduceMean", [g.node("Mul", [centred, centred], path)], path, axes=axes,
                  keepdims=1)
-    eps = g.constant(np.asarray(layer.eps, dtype), f"{path}.eps")
+    eps = g.scalar(layer.eps, dtype, f"{path}.eps")
     y = g.node("Div", [centred, g.node("Sqrt", [g.node("Add", [var, eps], path)], path)], path)
     shape = g.ints([1, c] + [1] * (rank - 2), f"{path}.shape")
     y = g.node("Mul", [y, g.node("Reshape", [scale, shape], path)], path)

@@ -19,7 +19,7 @@ from .rules import linear
 def _rms_norm(g: Emitter, layer: RMSNorm, x: Value, path: str) -> str:
     mean_square = g.node("ReduceMean", [g.node("Mul", [x.name, x.name], path)], path,
                          axes=[-1], keepdims=1)
-    eps = g.constant(np.asarray(layer.eps, g.float_dtype), path + ".eps")
+    eps = g.scalar(layer.eps, layer.dtype, path + ".eps")
     rms = g.node("Sqrt", [g.node("Add", [mean_square, eps], path)], path)
     return g.node("Mul", [g.node("Div", [x.name, rms], path),
                           g.param(layer.weight, child_path(path, "weight"))], path)
@@ -49,12 +49,12 @@ def _attention(g: Emitter, layer: MultiHeadAttention, x: Value, path: str) -> st
     per_head = g.ints([0, 0, heads, width], path + ".heads")
     q, k, v = (g.node("Transpose", [g.node("Reshape", [part, per_head], path)], path,
                       perm=[0, 2, 1, 3]) for part in split)  # (N, heads, T, width)
-    scale = g.constant(np.asarray(1.0 / math.sqrt(width), g.float_dtype), path + ".scale")
+    scale = g.scalar(1.0 / math.sqrt(width), layer.dtype, path + ".scale")
     scores = g.node("Mul", [g.node("MatMul", [q, g.node("Transpose", [k], path,
                                                          perm=[0, 1, 3, 2])], path), scale],
                     path)
     if layer.causal:
-        future = np.triu(np.full((steps, steps), -np.inf, dtype=g.float_dtype), k=1)
+        future = np.triu(np.full((steps, steps), -np.inf, dtype=layer.dtype), k=1)
         scores = g.node("Add", [scores, g.constant(future, path + ".causal_mask")], path)
     weights = g.node("Softmax", [scores], path, axis=-1)
     merged = g.node("Reshape", [
