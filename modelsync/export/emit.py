@@ -4,8 +4,9 @@ ONNX nodes; a layer holding others asks the emitter to emit its children.
 A rule is ``rule(g, layer, x, path) -> str``: ``g`` is the `Emitter` (``g.param``,
 ``g.node``, ``g.constant``, ``g.ints``, ``g.emit`` for a child), ``x`` the input `Value`
 (its ONNX name and a host example of it, so a rule can read static sizes), and it returns
-the name of its output. Users register rules for their own layers with
-``@ms.export_rule(MyLayer)``.
+the name of its output (or, where it already has it, the output `Value`: a Chain returns its
+last child's, so the example is not computed again). Users register rules for their own
+layers with ``@ms.export_rule(MyLayer)``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..layers.base import Context, forward_pair
 from ..tree import is_layer
 from .graph import GraphBuilder
 
-Rule = Callable[["Emitter", Any, "Value", str], str]
+Rule = Callable[["Emitter", Any, "Value", str], "str | Value"]
 _RULES: dict[type, Rule] = {}
 
 
@@ -69,10 +70,12 @@ class Emitter(GraphBuilder):
             raise ExportError(
                 f"{path or 'model'}: layer type {type(node).__name__} has no ONNX export rule; "
                 "register one with @ms.export_rule("
-                f"{type(node).__name__}) (see docs/guide.md, 'Exporting to ONNX')")
-        name = rule(self, node, x, path)
+                f"{type(node).__name__}) (see docs/api.md, 'Export')")
+        out = rule(self, node, x, path)
+        if isinstance(out, Value):
+            return out
         y, _ = forward_pair(node, x.example, Context(train=False, path=path))
-        return Value(name, np.asarray(y))
+        return Value(out, np.asarray(y))
 
 
 def child_path(path: str, name: str) -> str:

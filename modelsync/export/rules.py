@@ -54,10 +54,10 @@ def linear(g: Emitter, x: str, weight: Any, bias: Any, path: str) -> str:
 
 
 @export_rule(Chain)
-def _chain(g: Emitter, layer: Chain, x: Value, path: str) -> str:
+def _chain(g: Emitter, layer: Chain, x: Value, path: str) -> Value:
     for i, child in enumerate(layer.layers):
         x = g.emit(child, x, child_path(path, f"layers.{i}"))
-    return x.name
+    return x
 
 
 @export_rule(Dense)
