@@ -23,6 +23,7 @@ import attrs
 import numpy as np
 from tqdm.auto import tqdm
 
+from .batching import batches
 from .convert import MODES, sync, to_device, to_host
 from .devices import HOST, Device, cuda_status, device
 from .errors import ArgumentError, ArgumentTypeError
@@ -134,10 +135,9 @@ def build_model(seed: int) -> Any:
 
 
 def device_batches(x: Any, y: Any, batch_size: int) -> list[tuple[Any, Any]]:
-    """Minibatches as slices of arrays already on the device: no per-step transfer."""
-    n = int(x.shape[0])
-    return [(x[i:min(i + batch_size, n), ...], y[i:min(i + batch_size, n), ...])
-            for i in range(0, n, batch_size)]
+    """Minibatches as slices of arrays already on the device (``ms.batches`` in order, made
+    once): no per-step transfer."""
+    return list(batches(x, y, batch_size=batch_size))
 
 
 def predictions(model: Any, x: Any) -> np.ndarray:
