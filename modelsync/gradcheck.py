@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from .checks import as_float
+from .devices import HOST
 from .errors import ArgumentError, ArgumentTypeError, GradientCheckError
 from .layers.base import Context, forward_pair
+from .transfers import to_device_array
 from .tree import buffers, named_params, require_model
 
 _EPS = 1e-6  # the finite-difference step in float64 (error ~ eps² · f''' ≪ rtol)
@@ -110,7 +112,7 @@ def _unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 
 def _as_float64_input(x: Any) -> np.ndarray:
     try:
-        host = np.asarray(x) if isinstance(x, np.ndarray) else _to_host_array(x)
+        host = np.asarray(to_device_array(x, HOST))
     except Exception as exc:  # noqa: BLE001 (reported as the argument error it is)
         raise ArgumentTypeError(
             f"x is a {type(x).__name__}; expected an array") from exc
@@ -119,13 +121,6 @@ def _as_float64_input(x: Any) -> np.ndarray:
     if np.issubdtype(host.dtype, np.integer) or host.dtype == np.bool_:
         return host  # indices (Embedding) and masks: not differentiated
     raise ArgumentTypeError(f"x has dtype {host.dtype}; expected a floating or integer array")
-
-
-def _to_host_array(x: Any) -> np.ndarray:
-    from .devices import HOST
-    from .transfers import to_device_array
-
-    return np.asarray(to_device_array(x, HOST))
 
 
 def _non_negative(name: str, value: Any) -> float:
