@@ -11,7 +11,6 @@ updates of fresh temporaries.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -33,7 +32,7 @@ from .base import (
     param_field,
 )
 from .dense import Dense
-from .init import check_dtype, check_positive_int, generator, positive_int
+from .init import bool_arg, check_dtype, check_positive_int, generator, positive_int
 
 
 def _divides_dim(node: Any, field: Any, heads: int) -> None:
@@ -52,16 +51,6 @@ def _holds_dense(node: Any, field: Any, value: Any) -> None:
         raise ArgumentTypeError(
             f"MultiHeadAttention.out_proj holds {found}; expected a layers.Dense(dim, dim) "
             f"without activation (dim={node.dim})")
-
-
-def _check_bool(argument: str) -> Callable[[Any], bool]:
-    def convert(value: Any) -> bool:
-        if not isinstance(value, (bool, np.bool_)):
-            raise ArgumentTypeError(
-                f"{argument}={value!r} is a {type(value).__name__}; expected True or False")
-        return bool(value)
-
-    return convert
 
 
 @layer
@@ -88,7 +77,7 @@ class MultiHeadAttention:
 
     dim: int = attrs.field(converter=positive_int("dim"))
     num_heads: int = attrs.field(converter=positive_int("num_heads"), validator=_divides_dim)
-    causal: bool = attrs.field(converter=_check_bool("causal"))
+    causal: bool = attrs.field(converter=bool_arg("causal"))
     dtype: str = attrs.field(converter=check_dtype)
     in_proj_weight: Param = param_field()
     in_proj_bias: Param | None = param_field(optional=True)
@@ -98,7 +87,7 @@ class MultiHeadAttention:
                  dtype: str = "float32", seed: int | None = None) -> None:
         check_positive_int("dim", dim)
         check_positive_int("num_heads", num_heads)
-        bias = _check_bool("bias")(bias)
+        bias = bool_arg("bias")(bias)
         dtype = check_dtype(dtype)
         rng = generator(seed)
         bound = math.sqrt(6.0 / (dim + 3 * dim))  # xavier_uniform_ of a (3·dim, dim) matrix

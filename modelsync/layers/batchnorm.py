@@ -11,18 +11,11 @@ import numpy as np
 
 from ..buffers import Buffer
 from ..checks import as_float
-from ..errors import ArgumentError, ArgumentTypeError
+from ..errors import ArgumentError
 from ..params import Param
 from ..xp import namespace
 from .base import Context, accumulate, as_layer_dtype, buffer_field, check_input, layer, param_field
-from .init import check_dtype, check_positive_int, positive_int
-
-
-def _check_eps(eps: Any) -> float:
-    value = as_float("eps", eps)
-    if not (value > 0 and math.isfinite(value)):
-        raise ArgumentError(f"eps={eps!r} is outside (0, ∞)")
-    return value
+from .init import bool_arg, check_dtype, check_eps, check_positive_int, positive_int
 
 
 def _check_momentum(momentum: Any) -> float | None:
@@ -34,16 +27,6 @@ def _check_momentum(momentum: Any) -> float | None:
         raise ArgumentError(f"momentum={momentum!r} is outside [0, 1] (or None: the "
                             "cumulative average)")
     return value
-
-
-def _check_bool(argument: str) -> Any:
-    def check(value: Any) -> bool:
-        if not isinstance(value, (bool, np.bool_)):
-            raise ArgumentTypeError(f"{argument}={value!r} is a {type(value).__name__}; "
-                                    "expected True or False")
-        return bool(value)
-
-    return check
 
 
 @layer
@@ -60,10 +43,10 @@ class BatchNorm:
     used; without ``affine`` no Params ``weight`` (ones) and ``bias`` (zeros)."""
 
     num_features: int = attrs.field(converter=positive_int("num_features"))
-    eps: float = attrs.field(converter=_check_eps)
+    eps: float = attrs.field(converter=check_eps)
     momentum: float | None = attrs.field(converter=_check_momentum)
-    affine: bool = attrs.field(converter=_check_bool("affine"))
-    track_running_stats: bool = attrs.field(converter=_check_bool("track_running_stats"))
+    affine: bool = attrs.field(converter=bool_arg("affine"))
+    track_running_stats: bool = attrs.field(converter=bool_arg("track_running_stats"))
     dtype: str = attrs.field(converter=check_dtype)
     weight: Param | None = param_field(optional=True)
     bias: Param | None = param_field(optional=True)
@@ -76,8 +59,8 @@ class BatchNorm:
                  dtype: str = "float32") -> None:
         c = check_positive_int("num_features", num_features)
         dtype = check_dtype(dtype)
-        affine = _check_bool("affine")(affine)
-        tracking = _check_bool("track_running_stats")(track_running_stats)
+        affine = bool_arg("affine")(affine)
+        tracking = bool_arg("track_running_stats")(track_running_stats)
         self.__attrs_init__(
             c, eps, momentum, affine, tracking, dtype,
             Param.owning(np.ones(c, dtype=dtype), name="weight") if affine else None,

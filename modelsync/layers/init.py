@@ -31,6 +31,19 @@ def positive_int(argument: str) -> Callable[[Any], int]:
     return functools.partial(check_positive_int, argument)
 
 
+def bool_arg(argument: str) -> Callable[[Any], bool]:
+    """A converter for a flag ``argument``: True or False (NumPy's bools too), else an
+    ArgumentTypeError naming it; also an attrs converter, so ``ms.load`` checks it."""
+
+    def convert(value: Any) -> bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise ArgumentTypeError(
+                f"{argument}={value!r} is a {type(value).__name__}; expected True or False")
+        return bool(value)
+
+    return convert
+
+
 def check_eps(eps: Any) -> float:
     """A normalisation's ``eps`` as a float in (0, ∞), else ArgumentError (ArgumentTypeError
     for a non-number); also an attrs converter, so ``ms.load`` checks a stored value."""

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import attrs
 import numpy as np
 
-from ..checks import as_float
-from ..errors import ArgumentError
 from ..params import Param
 from ..xp import namespace
 from .base import (
@@ -21,14 +18,7 @@ from .base import (
     layer,
     param_field,
 )
-from .init import check_dtype, check_positive_int, positive_int
-
-
-def _check_eps(eps: Any) -> float:
-    value = as_float("eps", eps)
-    if not (value > 0 and math.isfinite(value)):
-        raise ArgumentError(f"eps={eps!r} is outside (0, ∞)")
-    return value
+from .init import check_dtype, check_eps, check_positive_int, positive_int
 
 
 @layer
@@ -39,7 +29,7 @@ class LayerNorm:
     ``weight`` (ones) and ``bias`` (zeros) of shape ``(dim,)``."""
 
     dim: int = attrs.field(converter=positive_int("dim"))
-    eps: float = attrs.field(converter=_check_eps)
+    eps: float = attrs.field(converter=check_eps)
     dtype: str = attrs.field(converter=check_dtype)
     weight: Param = param_field()
     bias: Param = param_field()
