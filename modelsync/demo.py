@@ -32,8 +32,8 @@ from .train import backprop
 from .transfers import TransferLedger, copy_to, track_transfers
 from .tree import graph_id, params
 from .update_bn import update_bn
+from .workloads import CONTEXT, WORKLOADS, Workload, build_mlp, decode, encode, workload
 from .workloads import HIDDEN as HIDDEN
-from .workloads import WORKLOADS, Workload, build_mlp, workload
 from .xp import namespace
 
 #: The order the demo runs the modes in: the wrapper first, as the original discussion did.
@@ -297,8 +297,6 @@ def generate(model: Any, prompt: str, length: int, *, seed: int = 0,
              temperature: float = 0.8) -> str:
     """``length`` characters sampled from a language model after ``prompt``, on the model's
     device (each step sends its context there and brings back one row of logits, as data)."""
-    from .workloads import CONTEXT, decode, encode
-
     dev = param_device(model)
     rng = np.random.default_rng(seed)
     tokens = list(encode(prompt))
