@@ -28,7 +28,7 @@ SHM = Path("/dev/shm")
 @attrs.frozen
 class Job:
     """What one ``mpiexec`` run did: exit status, output, seconds, each rank's results and
-    the MPICH files it left in /dev/shm (removed by the time this is returned)."""
+    the MPI files it left in /dev/shm (removed by the time this is returned)."""
 
     returncode: int
     stdout: str
@@ -38,9 +38,15 @@ class Job:
     leftovers: list[str]
 
 
+#: The shared-memory files an MPI job makes in /dev/shm, which a killed rank cannot remove:
+#: MPICH's ``mpich_shm_*``, Open MPI's ``sm_segment.*`` (5.x) and ``vader_segment.*`` (4.x).
+_SHM_PREFIXES = ("sm_segment.", "vader_segment.")
+
+
 def _shm_files() -> set[str]:
     try:
-        return {p.name for p in SHM.iterdir() if "mpich" in p.name.lower()}
+        return {p.name for p in SHM.iterdir()
+                if "mpich" in p.name.lower() or p.name.startswith(_SHM_PREFIXES)}
     except OSError:
         return set()
 
@@ -63,7 +69,7 @@ def run_command(command: list[str], *, timeout: float, ranks: int = 0,
                 out: Path | None = None, env: dict[str, str] | None = None,
                 cwd: Path | None = None) -> Job:
     """Run ``command`` in its own process group (killed whole past ``timeout``), then remove
-    the MPICH files it left in /dev/shm."""
+    the MPI files it left in /dev/shm."""
     n = ranks
     before = _shm_files()
     full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
@@ -83,7 +89,7 @@ def run_command(command: list[str], *, timeout: float, ranks: int = 0,
             os.killpg(proc.pid, signal.SIGKILL)
     seconds = time.monotonic() - start
     left = sorted(_shm_files() - before)
-    for name in left:  # what an aborted MPICH job leaves behind
+    for name in left:  # what an aborted MPI job leaves behind
         try:
             (SHM / name).unlink()
         except OSError:
