@@ -310,19 +310,23 @@ def test_the_distributed_guide_runs_in_a_world_of_one(tmp_path, monkeypatch):
     assert (tmp_path / "model.safetensors").exists()
 
 
-def test_a_world_of_one_limits_open_mpi_to_its_self_transport():
+def test_a_world_of_one_limits_open_mpi_to_its_self_transport_while_mpi_starts():
     """Open MPI's singleton leaves its shared-memory file in /dev/shm at every run; a
-    process no launcher started gets btl=self (unless the user chose), a launched one not."""
-    from modelsync.distributed.launch import prepare_singleton
+    process no launcher started gets btl=self while MPI starts (unless the user chose), and
+    not afterwards (its own mpiexec jobs must not inherit it); a launched one never."""
+    from modelsync.distributed.launch import singleton_transport
 
     alone: dict[str, str] = {}
-    prepare_singleton(alone)
-    assert alone == {"OMPI_MCA_btl": "self"}
+    with singleton_transport(alone):
+        assert alone == {"OMPI_MCA_btl": "self"}
+    assert alone == {}
     chosen = {"OMPI_MCA_btl": "self,tcp"}
-    prepare_singleton(chosen)
+    with singleton_transport(chosen):
+        assert chosen == {"OMPI_MCA_btl": "self,tcp"}
     assert chosen == {"OMPI_MCA_btl": "self,tcp"}
     for launched in ({"OMPI_COMM_WORLD_SIZE": "2"}, {"PMI_SIZE": "2"}, {"PMIX_RANK": "0"},
                      {"SLURM_STEP_NUM_TASKS": "4"}):
         before = dict(launched)
-        prepare_singleton(launched)
+        with singleton_transport(launched):
+            assert launched == before
         assert launched == before

