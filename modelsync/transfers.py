@@ -143,6 +143,12 @@ def _record(event: TransferEvent) -> None:
         ledger.events.append(event)
 
 
+def guarding(what: str) -> bool:
+    """Whether the active transfer_guard has anything to say about moving ``what`` (False
+    under "allow", the default, and for data): a hot path may skip building its message."""
+    return what != "data" and _guard.get() != "allow"
+
+
 def guard_collective(nbytes: int, *, reason: str, what: str, src: str, dst: str) -> None:
     """Apply the active transfer_guard to a collective about to move ``nbytes`` of ``what``
     between processes (TransferError under "disallow"); call it before the collective."""
@@ -153,7 +159,8 @@ def guard_collective(nbytes: int, *, reason: str, what: str, src: str, dst: str)
 
 def record_collective(nbytes: int, *, reason: str, what: str, src: str, dst: str) -> None:
     """Record a completed collective in every active ledger (kind "collective")."""
-    _record(TransferEvent("collective", int(nbytes), reason, what, src, dst))
+    if _ledgers.get():  # (a training step with no ledger open makes no event)
+        _record(TransferEvent("collective", int(nbytes), reason, what, src, dst))
 
 
 def copy_to(array: Any, dst: Device | str, *, reason: str, what: str = "param",

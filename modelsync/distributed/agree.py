@@ -7,8 +7,8 @@ of its arguments and of what it holds, whether it failed locally). Where MPI tak
 several threads (so that a watchdog can guard a blocking call), the records are compared in
 one small blocking collective, an in-place bitwise-AND Allreduce of the record and its
 complement (`_compare`): a few microseconds, about one latency. Beside it, an arrival message
-to and from rank 0 (persistent requests, completed after the Allreduce and read only by a
-timeout) is what lets a timeout still name the ranks that never arrived. Elsewhere each rank
+to rank 0 (completed after the Allreduce and read only by a timeout) is what lets a timeout
+still name the ranks that never arrived. Elsewhere each rank
 sends its record to rank 0, the coordinator, which answers each rank with one verdict (torch's
 ``monitored_barrier`` does the same). On "not equal" every rank is known to be present, so
 they exchange full descriptions (`Description`, small and only on this error path) and each
@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -123,93 +122,135 @@ def _report(comm: Comm, op: str, record: bytes) -> bytes:
 
 
 # -- the fast path: a digest compared in one small collective ---------------------------------
-#: What `_compare` reduces: the record (seq, operation, digest, failed locally: 7 words), the
-#: record inverted, the GPU mask; as bytes (a NumPy fill of 15 words costs 3x the packing).
-COMPARED = struct.Struct("<QQ32sQ")
-ALL_ONES = (1 << (8 * COMPARED.size)) - 1
+#: What `_compare` reduces, as 8-byte words: the sequence number, its inverse and the GPU
+#: mask (`HEAD`), then the rest of the record (operation, digest, failed locally) and its
+#: inverse.
+HEAD = struct.Struct("<QQQ")
+STATIC = struct.Struct("<Q32sQ")
+WORDS = HEAD.size + 2 * STATIC.size
+ALL_ONES = (1 << (8 * STATIC.size)) - 1
+SEQ_ONES = (1 << 64) - 1
 TAG_ARRIVAL = 7104
-_arrivals: weakref.WeakKeyDictionary[Comm, _Arrivals] = weakref.WeakKeyDictionary()
 
 
 def _compare(comm: Comm, op: str, digest: bytes, failed: bool, gpu_groups: int
              ) -> tuple[bool, int]:
     """Whether the ranks' records differ, and the GPU groups all of them hold, from one
-    in-place bitwise-AND Allreduce of (record, NOT record, GPU mask): the records are equal
-    exactly where AND(record) == NOT AND(NOT record). It runs under the watchdog; beside it,
-    started before it, an arrival message to and from rank 0 (`_Arrivals`) that only a
-    timeout reads, so that one can still name the ranks that never came."""
-    arrivals = _arrivals.get(comm)
+    in-place bitwise-AND Allreduce of (record, NOT record, GPU mask). Every rank compares the
+    result with what it put in: AND(r) == own and AND(NOT r) == NOT own hold exactly when
+    every rank's record is its own, so every rank reaches the same verdict. It runs under the
+    watchdog; beside it, started before it, an arrival message to rank 0 (`_Arrivals`) that
+    only a timeout reads, so that one can still name the ranks that never came."""
+    arrivals = comm.agreement
     if arrivals is None:
-        arrivals = _arrivals[comm] = _Arrivals(comm)
-    words, n = arrivals.words, COMPARED.size
-    record = COMPARED.pack(comm.seq, _op_code(op), digest, failed)
-    words[:n] = record
-    words[n:2 * n] = (int.from_bytes(record, "little") ^ ALL_ONES).to_bytes(n, "little")
-    words[2 * n:] = (gpu_groups & 0xFF).to_bytes(8, "little")
-    arrivals.start(comm.seq)
-    root = comm.rank == COORDINATOR
-    comm.collective(f"{op} (operation #{comm.seq})", blocking=arrivals.reduce,
-                    nonblocking=lambda: None,  # (never called: there is a watchdog)
-                    missing=arrivals.missing,
-                    grace=0.0 if root else 1.0 + 0.05 * comm.timeout)
-    both = int.from_bytes(words[:n], "little"), int.from_bytes(words[n:2 * n], "little")
-    return both[0] != both[1] ^ ALL_ONES, int.from_bytes(words[2 * n:], "little")
+        arrivals = comm.agreement = _Arrivals(comm)
+    seq = comm.seq
+    static = arrivals.fill(seq, op, digest, failed, gpu_groups)
+    arrivals.start(seq)
+    comm.collective(_label(op).format(seq), blocking=arrivals.reduce,
+                    nonblocking=_never,  # (never called: there is a watchdog)
+                    missing=arrivals.missing, grace=arrivals.grace)
+    words = arrivals.words
+    got_seq, got_inverse, mask = HEAD.unpack_from(words)
+    same = got_seq == seq and got_inverse == seq ^ SEQ_ONES and words[HEAD.size:] == static
+    if not same:
+        arrivals.forget()
+    return not same, mask
+
+
+def _never() -> None:  # pragma: no cover (Comm.collective polls only without a watchdog)
+    raise AssertionError("the agreement's Allreduce is blocking")
 
 
 class _Arrivals:
-    """One exchange per agreement: every rank tells rank 0 it has arrived, rank 0 tells every
-    rank. Nothing waits for them but the agreement's end (they complete alongside its
-    Allreduce); at a timeout the watchdog asks which have come. (Plain requests: persistent
-    ones made Open MPI's next large Allreduce 30x slower.)"""
+    """The agreement's buffers for one Comm, and one message per agreement from every rank
+    to rank 0 saying it has arrived. Nothing waits for the messages but the agreement's end
+    (they complete alongside its Allreduce); at a timeout rank 0's watchdog asks which have
+    come. Rank 0 sends nothing back: the others wait a grace longer (`grace`), so that where
+    rank 0 is there it is rank 0 that ends the job, naming the ranks it waits for. (Plain
+    requests: persistent ones made Open MPI's next large Allreduce 30x slower.)
+
+    A step of a small model is a few tens of microseconds of MPI, so the words are written
+    as little as possible: an agreement that found the ranks equal leaves exactly this rank's
+    record in them, and the next one of the same operation and digest only writes its
+    sequence number."""
 
     def __init__(self, comm: Comm) -> None:
         MPI = mpi_module()
         self.comm = comm
         #: What `_compare` reduces (one buffer per Comm, reused: MPI registers it once).
-        self.words = bytearray(2 * COMPARED.size + 8)
-        self._reduced = [self.words, MPI.UINT64_T]
+        self.words = bytearray(WORDS)
+        self._key: tuple[str, bytes, bool, int] | None = None
+        self._static = b""
         self.out = np.zeros(1, dtype=np.uint64)
         self.heard = np.zeros(max(comm.size, 1), dtype=np.uint64)
         self._out = [self.out, MPI.UINT64_T]
         self._heard = [[self.heard[r:r + 1], MPI.UINT64_T] for r in range(comm.size)]
+        self._others = range(1, comm.size)
+        self.root = comm.rank == COORDINATOR
+        self.grace = 0.0 if self.root else 1.0 + 0.05 * comm.timeout
         self.recvs: list[Any] = []
         self.requests: list[Any] = []
+        self._waitall = MPI.Request.Waitall
+        self._allreduce = functools.partial(comm.mpi.Allreduce, MPI.IN_PLACE,
+                                            [self.words, MPI.UINT64_T], MPI.BAND)
+
+    def fill(self, seq: int, op: str, digest: bytes, failed: bool, gpu_groups: int) -> bytes:
+        """Write this rank's words for agreement ``seq``; return the part after `HEAD`
+        (what an agreement of equal records gives back there)."""
+        key = (op, digest, failed, gpu_groups & 0xFF)
+        words = self.words
+        if key != self._key:
+            record = STATIC.pack(_op_code(op), digest, failed)
+            inverse = (int.from_bytes(record, "little") ^ ALL_ONES).to_bytes(STATIC.size,
+                                                                             "little")
+            self._static = record + inverse
+            words[HEAD.size:] = self._static
+            self._key = key
+        HEAD.pack_into(words, 0, seq, seq ^ SEQ_ONES, gpu_groups & 0xFF)
+        return self._static
+
+    def forget(self) -> None:
+        """The words hold a disagreement's result, not this rank's record: rewrite them."""
+        self._key = None
 
     def start(self, seq: int) -> None:
         self.out[0] = seq
         mpi = self.comm.mpi
-        if self.comm.rank == COORDINATOR:
-            others = range(1, self.comm.size)
-            self.recvs = [mpi.Irecv(self._heard[r], source=r, tag=TAG_ARRIVAL) for r in others]
-            sends = [mpi.Isend(self._out, dest=r, tag=TAG_ARRIVAL) for r in others]
+        if self.root:
+            heard = self._heard
+            self.recvs = [mpi.Irecv(heard[r], r, TAG_ARRIVAL) for r in self._others]
+            self.requests = self.recvs
         else:
-            self.recvs = [mpi.Irecv(self._heard[0], source=COORDINATOR, tag=TAG_ARRIVAL)]
-            sends = [mpi.Isend(self._out, dest=COORDINATOR, tag=TAG_ARRIVAL)]
-        self.requests = self.recvs + sends
+            self.requests = [mpi.Isend(self._out, COORDINATOR, TAG_ARRIVAL)]
 
     def reduce(self) -> None:
         """The agreement's Allreduce, then the arrivals' end (both under the watchdog)."""
-        MPI = mpi_module()
-        self.comm.mpi.Allreduce(MPI.IN_PLACE, self._reduced, op=MPI.BAND)
-        MPI.Request.Waitall(self.requests)
+        self._allreduce()
+        self._waitall(self.requests)
 
     def missing(self, _pending: Any = None) -> str:
-        """Who has not arrived, as the coordinator's wait would say it."""
+        """Who has not arrived: rank 0 knows; any other rank, still waiting after rank 0
+        would have ended the job, says that rank 0 did not come."""
         comm = self.comm
-        came = [r.Get_status() for r in self.recvs]
-        if comm.rank == COORDINATOR:
-            return _missing([r for r, ok in enumerate(came, start=1) if not ok], comm)
-        if not came[0]:
+        if not self.root:
             return (f"rank {COORDINATOR}, which coordinates every agreement, did not arrive "
-                    f"within {comm.timeout:g} s")
-        return (f"rank {COORDINATOR} arrived but the agreement did not complete within "
-                f"{comm.timeout:g} s (rank {COORDINATOR} names the ranks it waits for)")
+                    f"within {comm.timeout:g} s (where it is there, it ends the job first, "
+                    "naming the ranks it waits for)")
+        came = [r.Get_status() for r in self.recvs]
+        return _missing([r for r, ok in enumerate(came, start=1) if not ok], comm)
 
 
 def _missing(ranks: list[int], comm: Comm) -> str:
     here = [r for r in range(comm.size) if r not in ranks]
     return (f"ranks {ranks} did not arrive within {comm.timeout:g} s (ranks {here} are "
             "waiting for them)")
+
+
+@functools.lru_cache(maxsize=64)
+def _label(op: str) -> str:
+    """What a timeout calls agreement number N of ``op`` (formatted with N)."""
+    return op + " (operation #{})"
 
 
 @functools.lru_cache(maxsize=64)

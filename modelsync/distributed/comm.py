@@ -52,6 +52,9 @@ class Comm:
         self.host = socket.gethostname()
         self.seq = 0  # agreed operations so far: every rank counts the same ones
         self.nccl: dict[int, Any] = {}  # per GPU: an NCCL communicator or None (host path)
+        #: The agreement's buffers and messages (made by `agree` on first use, kept here so
+        #: that a step finds them with one attribute read).
+        self.agreement: Any = None
         #: Watches blocking collectives; None where MPI cannot take calls from two threads
         #: at once (then every collective is a polled non-blocking one).
         self.watchdog = Watchdog(self) if mpi is not None and _threads_ok() else None
@@ -115,7 +118,7 @@ class Watchdog:
     """A daemon thread that ends the job (`fail_stuck`) when the blocking collective now
     running is still running at its deadline.
 
-    Arming and disarming are a lock and an assignment, and never wake the thread: it wakes
+    Arming and disarming are an assignment each, and never wake the thread: it wakes
     by itself, at the deadline of what was armed when it went to sleep, or ``timeout`` after
     that if nothing was, and then sleeps towards what is armed now. Every deadline is
     ``timeout`` after its arming, so a later collective's is later still and is never
@@ -134,19 +137,26 @@ class Watchdog:
 
     def arm(self, what: str, deadline: float, missing: Callable[[list[int]], str],
             grace: float = 0.0) -> int:
+        """Watch the collective about to start; returns the token that `disarm` takes. (No
+        lock: one assignment of a tuple is atomic, and the thread reads it once per wake.)"""
+        self._count += 1
+        token = self._count
+        self._armed = (token, deadline, grace, what, missing)
+        if self._thread is None:
+            self._start()
+        return token
+
+    def disarm(self, token: int) -> None:
+        armed = self._armed
+        if armed is not None and armed[0] == token:
+            self._armed = None
+
+    def _start(self) -> None:
         with self._cond:
-            self._count += 1
-            self._armed = (self._count, deadline, grace, what, missing)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name="modelsync-watchdog")
                 self._thread.start()
-            return self._count
-
-    def disarm(self, token: int) -> None:
-        with self._cond:
-            if self._armed is not None and self._armed[0] == token:
-                self._armed = None
 
     def _run(self) -> None:
         cond = self._cond
