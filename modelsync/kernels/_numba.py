@@ -43,6 +43,22 @@ _PARALLEL_LOCK = threading.Lock()
 _STATE = {"parallel": False, "forked": False}
 #: Each rule loop's compiled twins (serial, parallel), by the rule's function.
 _TWINS: dict[Callable[..., None], tuple[Any, Any]] = {}
+#: Elements per chunk of a scaled loop (`scaled_loop`): the chunk of the gradient it scales
+#: is still in the first-level cache when the rule's loop reads it.
+SCALE_CHUNK = 2048
+#: Each rule loop's scaled drivers (serial, parallel), by the function and its array count.
+_DRIVERS: dict[tuple[Callable[..., None], int], tuple[Any, Any]] = {}
+_DRIVER_SOURCE = """
+def {name}({params}, gs):
+    n = p.shape[0]
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        lo = c * CHUNK
+        hi = min(lo + CHUNK, n)
+        gc = g[lo:hi]
+        for i in range(hi - lo):
+            gc[i] = gc[i] * gs
+        inner(p[lo:hi], gc, {sliced})
+"""
 
 
 def _after_fork_in_child() -> None:
@@ -103,3 +119,44 @@ def compile_for(fn: Callable[..., None], size: int, dtype: Any, args: tuple[Any,
     empty = np.empty(0, dtype=dtype)
     arrays = fn.__code__.co_argcount - len(args)
     compiled(*([empty] * arrays), *args)
+
+
+def _drivers(fn: Callable[..., None], arrays: int) -> tuple[Any, Any]:
+    """``fn``'s scaled drivers for a rule with ``arrays`` state arrays: source made from its
+    arity (the state arrays, then the scalars), calling the serial twin chunk by chunk."""
+    key = (fn, arrays)
+    found = _DRIVERS.get(key)
+    if found is None:
+        names = [f"a{i}" for i in range(arrays)]
+        scalars = [f"s{i}" for i in range(fn.__code__.co_argcount - 2 - arrays)]
+        name = f"{fn.__name__}_scaled"
+        source = _DRIVER_SOURCE.format(
+            name=name, params=", ".join(["p", "g", *names, *scalars]),
+            sliced=", ".join([f"{a}[lo:hi]" for a in names] + scalars))
+        scope = {"prange": numba.prange, "CHUNK": SCALE_CHUNK, "inner": _twins(fn)[0]}
+        exec(compile(source, f"<modelsync: {fn.__qualname__} scaled>", "exec"), scope)
+        plain = scope[name]
+        options = {**_OPTIONS, "cache": False}  # (made from text: no file to cache it by)
+        found = _DRIVERS[key] = (numba.njit(**options)(plain),
+                                 numba.njit(**options, parallel=True)(plain))
+    return found
+
+
+def scaled_loop(fn: Callable[..., None], size: int, arrays: int) -> Callable[..., None]:
+    """``fn`` over arrays of ``size`` elements with the gradient multiplied by a last
+    argument ``gs`` first, in place, in the same pass: ``driver(p, g, *state, *scalars,
+    gs)``. Exactly ``g *= gs`` (rounded in the gradient's dtype) followed by ``fn``, without
+    a pass of its own over memory."""
+    serial, parallel = _drivers(fn, arrays)
+    if size < PARALLEL_MIN:
+        return serial
+
+    def run(*args: Any) -> None:
+        if _STATE["forked"]:
+            serial(*args)
+            return
+        _STATE["parallel"] = True
+        with _PARALLEL_LOCK:
+            parallel(*args)
+
+    return run

@@ -11,18 +11,20 @@ any.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import interrupts
+from ..checks import as_float
 from ..errors import ArgumentError, ArgumentTypeError
 from ..params import Param
 from ..xp import namespace
 from . import statedict
 from .binding import bind_params
-from .kernel import Scalars
+from .kernel import Scalars, scale_in_place
 from .ranges import restrict_range
 
 
@@ -92,19 +94,57 @@ class Bound:
         return f"{self.type_name}({hyper}{sep}params={len(self._params)})"
 
     # -- the training-step API ---------------------------------------------------------------
-    def step(self) -> None:
+    def step(self, *, grad_scale: float | None = None) -> None:
         """Apply one update to every bound Param that has a gradient; a step that cannot be
         done (a transfer the guard refuses) raises and changes nothing; a Ctrl-C during the
         update is delivered right after it. A step that finds no gradient on any bound Param
         raises ArgumentError: it would silently do nothing (torch skips such Params one by
         one; when all are skipped it is almost always an optimizer bound to another copy of
-        the model)."""
+        the model).
+
+        ``grad_scale``: multiply every gradient the step reads by it first, in place (after
+        the step ``p.grad`` holds the scaled gradient, exactly as ``p.grad *= grad_scale``
+        then ``step()`` would leave it). A rule's compiled host loop does it in the pass over
+        memory it makes anyway: `DataParallel` divides summed gradients by the ranks so."""
+        scale = None if grad_scale is None else _check_grad_scale(grad_scale)
         for p in self._params:  # (the first Param has a gradient in any real step: O(1))
             if p.grad is not None:
                 break
         else:
             raise self._no_gradients()
-        interrupts.call(self._prepare_step())
+        if scale is None:
+            interrupts.call(self._prepare_step())
+            return
+        interrupts.call(self._prepare_scaled_step(scale))
+
+    def _prepare_scaled_step(self, scale: float) -> Callable[[], None]:
+        """`_prepare_step` for ``step(grad_scale=scale)``: by default every gradient is
+        scaled in place, once, before the commit runs (a rule fuses it into its kernels)."""
+        params = self._params
+        self.check_writable(params, Param.grads_of(params))
+        commit = self._prepare_step()
+
+        def scaled_commit() -> None:
+            seen: set[int] = set()
+            for grad in Param.grads_of(params):
+                if grad is not None and id(grad) not in seen:
+                    seen.add(id(grad))
+                    scale_in_place(grad, scale)
+            commit()
+
+        return scaled_commit
+
+    def check_writable(self, params: Sequence[Param], grads: Sequence[Any]) -> None:
+        """A scaled step writes the gradients: a read-only one is refused before anything
+        changes."""
+        for p, grad in zip(params, grads, strict=True):
+            if isinstance(grad, np.ndarray) and not grad.flags.writeable:
+                paths = dict(zip(map(id, self._params), self._paths, strict=True))
+                path = paths.get(id(p), "a Param")
+                raise ArgumentError(
+                    f"{self._step_name()}: grad_scale scales each gradient in place, but "
+                    f"{path}'s .grad is a read-only array; set p.grad to a writable copy "
+                    "(np.array(g)) or scale it yourself and call step()")
 
     def _no_gradients(self) -> ArgumentError:
         first = self._params[0]
@@ -202,6 +242,18 @@ class Bound:
                             ) -> Callable[[], None]:
         """Copy checked entries to their Params' devices; return what installs them."""
         return _nothing
+
+
+def _check_grad_scale(grad_scale: Any) -> float:
+    """``grad_scale`` as a float: a finite real number, not a bool."""
+    if isinstance(grad_scale, bool):
+        raise ArgumentTypeError(f"grad_scale={grad_scale!r} is a bool; expected a finite "
+                                "real number (or None for no scaling)")
+    scale = as_float("grad_scale", grad_scale)
+    if not math.isfinite(scale):
+        raise ArgumentError(f"grad_scale={grad_scale!r} is not finite; expected a finite "
+                            "real number (or None for no scaling)")
+    return scale
 
 
 def _nothing() -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from ..flat import FlatStore
 from ..params import Param
 from ..xp import concat_on
-from .kernel import Kernel
+from .kernel import Kernel, run_scaled, scale_in_place
 from .state import State
 
 #: On the host a Param of at least this many elements is updated from its own gradient:
@@ -95,17 +95,22 @@ class FlatGroup:
         return {p: State(device, step, views)
                 for p, views in zip(self.members, member_views(self.state(), self), strict=True)}
 
-    def run(self, grads: list[Any] | None) -> None:
+    def run(self, grads: list[Any] | None, scale: float | None = None) -> None:
         """One update of every member, from ``grads`` (one per member, none missing), or,
-        with None, from the store's gradient buffer, which holds every member's gradient."""
+        with None, from the store's gradient buffer, which holds every member's gradient.
+        ``scale``: each gradient is first multiplied by it, in place (in the update's own
+        pass where the kernel is compiled)."""
         self.step += 1
         self.has_state = True
         step = self.step
         if grads is None:
             whole = self.store.grads
             for seg in self.segments:
-                seg.kernel(seg.data, whole[seg.start:seg.end], step)
+                run_scaled(seg.kernel, seg.data, whole[seg.start:seg.end], step, scale)
             return
+        if scale is not None:
+            for g in grads:  # (the members' own arrays: what they hold after the step)
+                scale_in_place(g, scale)
         host = self.device.kind == "host"
         for seg in self.segments:
             if seg.hi - seg.lo == 1:

@@ -135,19 +135,57 @@ class ChunkedKernel:
 
 
 class CompiledKernel:
-    """The rule's loop compiled by numba, over the flattened arrays."""
+    """The rule's loop compiled by numba, over the flattened arrays; `scaled` is the same
+    update with the gradient multiplied in place first, in the same pass (its driver is
+    compiled on first use)."""
 
-    __slots__ = ("fn", "flat", "scalars")
+    __slots__ = ("fn", "flat", "scalars", "source", "size", "_scaled")
 
-    def __init__(self, fn: Callable[..., None], arrays: list[Any], scalars: Scalars) -> None:
+    def __init__(self, fn: Callable[..., None], arrays: list[Any], scalars: Scalars,
+                 source: Callable[..., None] | None = None, size: int = 0) -> None:
         self.fn, self.scalars = fn, scalars
         self.flat = [a.reshape(-1) for a in arrays]
+        self.source, self.size = source, size  # (the rule's loop, for the scaled driver)
+        self._scaled: Callable[..., None] | None = None
 
     def __call__(self, data: Any, grad: Any, step: int) -> None:
         if not grad.flags.c_contiguous:
             grad = np.ascontiguousarray(grad)
         self.fn(data.reshape(-1), grad.reshape(-1), *self.flat,
                 *self.scalars.cast(step, data.dtype))
+
+    def scaled(self, data: Any, grad: Any, step: int, scale: float) -> None:
+        """``grad *= scale`` (in place), then the update, in one pass over memory."""
+        module = kernels.host_kernels() if self.source is not None else None
+        if module is None or not grad.flags.c_contiguous:
+            scale_in_place(grad, scale)
+            self(data, grad, step)
+            return
+        if self._scaled is None:
+            self._scaled = module.scaled_loop(self.source, self.size, len(self.flat))
+        dtype = data.dtype
+        self._scaled(data.reshape(-1), grad.reshape(-1), *self.flat,
+                     *self.scalars.cast(step, dtype), dtype.type(scale))
+
+
+def scale_in_place(grad: Any, scale: float) -> None:
+    """``grad *= scale`` on any device, in place (as NumPy rounds: in the array's dtype)."""
+    if isinstance(grad, np.ndarray):
+        np.multiply(grad, scale, out=grad)
+    else:
+        grad *= scale
+
+
+def run_scaled(kernel: Any, data: Any, grad: Any, step: int, scale: float | None) -> None:
+    """``kernel(data, grad, step)`` after ``grad *= scale`` (None: as it is), fused where
+    the kernel can (`CompiledKernel.scaled`)."""
+    if scale is None:
+        kernel(data, grad, step)
+    elif type(kernel) is CompiledKernel:
+        kernel.scaled(data, grad, step, scale)
+    else:
+        scale_in_place(grad, scale)
+        kernel(data, grad, step)
 
 
 Kernel = ArrayApiKernel | CudaKernel | HostKernel | ChunkedKernel | CompiledKernel
@@ -170,7 +208,8 @@ def choose(rule: Any, scalars: Scalars, device: Device, arrays: list[Any],
     compiled = _compiled(rule, scalars, size, dtype) if contiguous else None
     if compiled is not None:
         arrays[:] = [_contiguous(a) for a in arrays]
-        return CompiledKernel(compiled.loop(rule.loop, size), arrays, scalars)
+        return CompiledKernel(compiled.loop(rule.loop, size), arrays, scalars,
+                              rule.loop, size)
     if size <= 2 * CHUNK or rule.scratch_count == 0:
         scratch = tuple(np.empty(shape, dtype=dtype) for _ in range(rule.scratch_count))
         return HostKernel(rule, arrays, scalars, scratch)

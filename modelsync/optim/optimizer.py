@@ -22,7 +22,7 @@ from ..transfers import copy_to
 from ..xp import zeros_on
 from .bound import Bound
 from .flatgroup import FlatGroup
-from .kernel import Kernel, choose
+from .kernel import Kernel, choose, run_scaled
 from .planner import Plan, make_plan
 from .state import State
 
@@ -79,7 +79,10 @@ class Optimizer(Bound):
         return None if state is None else state.step
 
     # -- the step ----------------------------------------------------------------------------
-    def _prepare_step(self) -> Callable[[], None]:
+    def _prepare_scaled_step(self, scale: float) -> Callable[[], None]:
+        return self._prepare_step(scale)  # (fused into the kernels' pass where they can)
+
+    def _prepare_step(self, scale: float | None = None) -> Callable[[], None]:
         plan = self._plan
         if plan is None or plan.needs_replan():
             plan = self._replan()
@@ -105,12 +108,17 @@ class Optimizer(Bound):
                 state = state.follow(p.device)  # moved on its own: may now be in a store
                 plan.stale = True
             todo.append((p, grad, state))
+        if scale is not None:  # (a store's own gradient buffer is writable: not looked at)
+            for group, grads in flat:
+                if grads is not None:
+                    self.check_writable(group.members, grads)
+            self.check_writable([p for p, _, _ in todo], [g for _, g, _ in todo])
         # every pull that could be refused happens before any Param is marked or changed
         Param.open_for_update(*[group.members for group, _ in flat], [p for p, _, _ in todo])
 
         def commit() -> None:
             for group, grads in flat:
-                group.run(grads)
+                group.run(grads, scale)
             states, kernels = self._states, self._kernels
             for p, grad, state in todo:  # (one loop, no call per Param: a hot path)
                 data = p.writable()  # (brought up to date in prepare: nothing left to pull)
@@ -121,7 +129,7 @@ class Optimizer(Bound):
                 if known is None or known[0] is not state:
                     known = kernels[p] = (state, self._choose(p, state, data))
                 state.step += 1
-                known[1](data, grad, state.step)
+                run_scaled(known[1], data, grad, state.step, scale)
 
         return commit
 
