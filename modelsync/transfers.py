@@ -126,9 +126,9 @@ def _direction(src: Device, dst: Device) -> str:
 def _check_guard(src: Device | str, dst: Device | str, nbytes: int, reason: str, what: str,
                  kind: str | None = None) -> str:
     """Apply the active transfer_guard (raise or log) and return the transfer's kind."""
-    mode = _guard.get()
     kind = kind or _direction(src, dst)
-    if what != "data" and mode != "allow":
+    if guarding(what):
+        mode = _guard.get()
         message = f"{kind} transfer of {nbytes} bytes ({what}) from {src} to {dst}: {reason}"
         if mode == "disallow":
             raise TransferError(

@@ -148,15 +148,15 @@ class DataParallel:
         scale = 1.0 / comm.size
         found = plan[0]
         fuse = fuse and found.fusable
+        factor = 1.0 if fuse else scale
         for i, group in enumerate(found.groups):
             reduce = group.host_sum(comm)
             if reduce is not None:  # (the common case, made ready once: see HostSum)
-                if not fuse:
-                    group.store.grads *= scale
+                group.pack(factor)  # (the store's buffer, scaled in place or left as it is)
                 reduce()
                 continue
             with on_device(group.device):
-                packed = group.pack(1.0 if fuse else scale)
+                packed = group.pack(factor)
                 total = transport.sum_over_ranks(comm, packed, reason=REASON, what="grad",
                                                  use_nccl=bool(shared >> i & 1))
                 group.unpack(total)
@@ -249,7 +249,7 @@ class _GradGroup:
         if store is None or self.device != HOST or not store.all_grads_set():
             return None
         found = self._host_sum
-        if found is None or found.buffer is not store.grads or found.comm is not comm:
+        if found is None or found.buffer is not store.grads:
             found = self._host_sum = transport.HostSum.for_buffer(
                 comm, store.grads, reason=REASON, what="grad")
         return found

@@ -96,7 +96,12 @@ def _twins(fn: Callable[..., None]) -> tuple[Any, Any]:
 def loop(fn: Callable[..., None], size: int) -> Callable[..., None]:
     """The compiled ``fn`` for arrays of ``size`` elements: serial below `PARALLEL_MIN`,
     else the parallel twin behind the process-wide lock."""
-    serial, parallel = _twins(fn)
+    return _by_size(*_twins(fn), size)
+
+
+def _by_size(serial: Any, parallel: Any, size: int) -> Callable[..., None]:
+    """``serial`` below `PARALLEL_MIN` elements, else ``parallel`` behind the process-wide
+    lock (and ``serial`` in a child forked after a parallel loop ran)."""
     if size < PARALLEL_MIN:
         return serial
 
@@ -147,16 +152,4 @@ def scaled_loop(fn: Callable[..., None], size: int, arrays: int) -> Callable[...
     argument ``gs`` first, in place, in the same pass: ``driver(p, g, *state, *scalars,
     gs)``. Exactly ``g *= gs`` (rounded in the gradient's dtype) followed by ``fn``, without
     a pass of its own over memory."""
-    serial, parallel = _drivers(fn, arrays)
-    if size < PARALLEL_MIN:
-        return serial
-
-    def run(*args: Any) -> None:
-        if _STATE["forked"]:
-            serial(*args)
-            return
-        _STATE["parallel"] = True
-        with _PARALLEL_LOCK:
-            parallel(*args)
-
-    return run
+    return _by_size(*_drivers(fn, arrays), size)

@@ -245,10 +245,7 @@ class Bound:
 
 
 def _check_grad_scale(grad_scale: Any) -> float:
-    """``grad_scale`` as a float: a finite real number, not a bool."""
-    if isinstance(grad_scale, bool):
-        raise ArgumentTypeError(f"grad_scale={grad_scale!r} is a bool; expected a finite "
-                                "real number (or None for no scaling)")
+    """``grad_scale`` as a float: a finite real number, not a bool (`as_float`)."""
     scale = as_float("grad_scale", grad_scale)
     if not math.isfinite(scale):
         raise ArgumentError(f"grad_scale={grad_scale!r} is not finite; expected a finite "
