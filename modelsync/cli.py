@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -287,7 +288,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except (ModelSyncError, ValueError, TypeError, OSError) as exc:
-        return _fail(_one_line(exc), EXIT_ERROR)
+        status = _fail(_one_line(exc), EXIT_ERROR)
+        linger = getattr(exc, "linger", 0.0)  # (a LaunchError: let every process speak)
+        if linger:
+            sys.stderr.flush()
+            time.sleep(linger)
+        return status
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
 

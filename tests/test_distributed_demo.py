@@ -16,6 +16,7 @@ from modelsync import demo
 from modelsync.cli import main
 from modelsync.distributed import init
 from modelsync.distributed.demo import run, shards
+from modelsync.distributed.errors import LaunchError
 from modelsync.distributed.launch import (
     Library,
     find_mpiexec,
@@ -127,6 +128,9 @@ def test_a_launcher_of_another_mpi_is_refused_naming_both(tmp_path):
     assert "as one of 3" in line and f"the MPI that mpi4py loaded ({lib.family}" in line
     assert "each process would train a model of its own" in line
     assert "mode  test acc" not in done.stdout  # nothing trained
+    # it waits before it exits: a launcher ends the job when its first process exits, and
+    # every other process must have said the same by then
+    assert done.seconds >= LaunchError.linger
 
 
 @pytest.mark.skipif(not os.environ.get("MODELSYNC_OTHER_MPIEXEC"),

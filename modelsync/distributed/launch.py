@@ -19,7 +19,7 @@ from pathlib import Path
 import attrs
 
 from ..errors import ArgumentError
-from .errors import CollectiveError
+from .errors import LaunchError
 
 OPEN_MPI, MPICH, INTEL = "Open MPI", "MPICH", "Intel MPI"
 #: What a child Python prints about the MPI mpi4py loads, without initializing it.
@@ -165,7 +165,7 @@ def check_world(size: int, version: str, environ: dict[str, str] | None = None) 
             what = "the launcher's processes did not connect (a launcher of another build?)"
         else:
             what = "the launcher belongs to another MPI"
-        raise CollectiveError(
+        raise LaunchError(
             f"this process was started by {launcher} as one of {value} ({name}={value}), but "
             f"the MPI that mpi4py loaded ({lib}: {_first_line(version)}) sees a "
             f"world of one: {what}, and each process would train a model of its own. Start "
