@@ -306,6 +306,50 @@ def s_guard(comm):
     return out
 
 
+def s_steady(comm):
+    """Mismatches after steps that found the ranks agreeing (the step made ready once, see
+    DataParallel's steady path) still raise on every rank and change nothing."""
+    last = comm.rank == comm.size - 1
+    model = D.replicate(layers.Chain(layers.Dense(6, 5, seed=0), layers.Dense(5, 3, seed=1))
+                        if comm.rank == 0 else None, comm)
+    params = ms.params(model)
+    inner = optim.Adam(params, lr=1e-2)
+    opt = D.DataParallel(inner, comm)
+
+    def backprop(missing: bool = False) -> None:
+        inner.zero_grad()  # (gradients land in the flat store's buffer, as backprop's do)
+        for i, p in enumerate(params):
+            if not (missing and i == len(params) - 1):
+                p.accumulate_grad(np.full(p.shape, 1.0 + comm.rank, np.float32))
+
+    out = {}
+    with ms.track_transfers() as ledger:
+        for _ in range(3):
+            backprop()
+            opt.step()
+    out["collectives"] = sum(e.kind == "collective" for e in ledger.events)
+    out["mean"] = float(np.asarray(params[0].grad).ravel()[0])
+    before = digest(model)
+    backprop(missing=last)
+    out["grad"] = raised(opt.step)
+    backprop()
+
+    def guarded_on_rank0():
+        if comm.rank == 0:
+            with ms.transfer_guard("disallow"):
+                opt.step()
+        else:
+            opt.step()
+
+    out["guard"] = raised(guarded_on_rank0)
+    out["op"] = raised(lambda: D.sync(model, comm) if last else opt.step())
+    out["grads_unchanged"] = float(np.asarray(params[0].grad).ravel()[0]) == 1.0 + comm.rank
+    out["unchanged"] = digest(model) == before
+    out["after"] = raised(opt.step)
+    out["digest"] = digest(model)
+    return out
+
+
 def s_save(comm, out_dir: Path):
     model = D.replicate(tied_model() if comm.rank == 0 else None, comm)
     opt = D.DataParallel(optim.Adam(ms.params(model)), comm)
@@ -424,7 +468,7 @@ def _buffers_on(comm, out_dir, spec):
 
 GROUPS = {
     "main": [s_replicate, s_broadcast, s_sync, s_dtypes, s_data_parallel, s_wrap, s_mismatches,
-             s_guard, s_save, s_barrier],
+             s_guard, s_steady, s_save, s_barrier],
     "buffers": [s_buffers],
 }
 

@@ -176,6 +176,27 @@ def test_the_guard_refuses_collectives_on_every_rank(job):
         assert r["rank0"]["error"] == "CollectiveError"
 
 
+def test_mismatches_after_agreeing_steps_still_raise_everywhere(job):
+    seen = each(job, "steady")
+    size, last = len(seen), len(seen) - 1
+    mean = sum(1.0 + r for r in range(size)) / size
+    for r in seen:
+        assert r["collectives"] == 3  # one Allreduce a step, however many Params
+        assert r["mean"] == mean  # the gradients left are the mean over the ranks
+        assert r["grad"]["error"] == "GraphMismatchError"
+        assert "has a gradient" in r["grad"]["message"]
+        assert r["op"]["error"] == "CollectiveError"
+        assert "different collective operations" in r["op"]["message"]
+        assert r["grads_unchanged"] and r["unchanged"]
+        assert r["after"]["error"] is None
+        assert r["digest"] == seen[0]["digest"]  # the replicas are still bitwise equal
+    assert seen[0]["guard"]["error"] == "TransferError"
+    for r in seen[1:]:
+        assert r["guard"]["error"] == "CollectiveError"
+        assert "rank 0 could not take part" in r["guard"]["message"]
+    assert last > 0
+
+
 def test_save_writes_once_from_the_root(job):
     seen = each(job, "save")
     root = len(job) - 1

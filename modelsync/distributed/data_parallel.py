@@ -14,6 +14,7 @@ the replicas stay bitwise equal without sending a Param.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 from collections.abc import Mapping
@@ -26,9 +27,11 @@ from ..checks import match_check
 from ..devices import HOST, dtype_name
 from ..errors import ArgumentTypeError
 from ..params import Param
+from ..transfers import guarding
 from ..watch import subscribe
 from ..xp import concat_flat
 from . import transport
+from .agree import agree
 from .comm import Comm
 from .layout import on_device
 from .ops import gpu_bits, require_comm, run_agreed
@@ -79,6 +82,7 @@ class DataParallel:
         self._moved = _Moved(self._params)  # told when a bound Param is re-homed
         #: The inner optimizer can divide the gradients by the ranks in its own pass.
         self._fusable = _takes_grad_scale(optimizer)
+        self._steady: _Steady | None = None  # (made by the first step that qualifies)
 
     # -- the optimizer's face --------------------------------------------------------------
     @property
@@ -124,9 +128,16 @@ class DataParallel:
         comm = self.comm
         if self._moved.seen:  # a bound Param moved: its buffers are elsewhere
             self._plans.clear()
+            self._steady = None
             self._store = flat.intact_store(self._params)
             self._moved = _Moved(self._params)
         store = self._store
+        steady = self._steady
+        if fuse and steady is not None and steady.holds(store):
+            agree(comm, REASON, steady.digest, describe=steady.describe,
+                  gpu_groups=steady.bits)
+            steady.reduce()
+            return steady.scale
         if store is not None and store.all_grads_set():
             mask = self._all  # (every gradient is in the store's buffer: no need to look)
         else:
@@ -154,6 +165,10 @@ class DataParallel:
             if reduce is not None:  # (the common case, made ready once: see HostSum)
                 group.pack(factor)  # (the store's buffer, scaled in place or left as it is)
                 reduce()
+                if fuse and mask is self._all and len(found.groups) == 1:
+                    self._steady = _Steady(store, reduce, found.digest,
+                                           functools.partial(self._describe, mask),
+                                           gpu_bits(comm, found.devices), scale)
                 continue
             with on_device(group.device):
                 packed = group.pack(factor)
@@ -197,6 +212,25 @@ class _Moved:
 
     def invalidate(self) -> None:
         self.seen = True
+
+
+class _Steady:
+    """The step of the common case, made ready once: every gradient in the flat store's
+    buffer on the host, one float32/float64 group, so a step is the agreement on a digest
+    known in advance and one in-place Allreduce. (A step of 1,000 small Params is about
+    100 us of MPI; the general path's Python was 10-15 us more.) It holds while the store's
+    gradient buffer is the one its Allreduce was made for and no transfer_guard speaks."""
+
+    __slots__ = ("store", "reduce", "digest", "describe", "bits", "scale")
+
+    def __init__(self, store: Any, reduce: transport.HostSum, digest: bytes,
+                 describe: Any, bits: int, scale: float) -> None:
+        self.store, self.reduce, self.digest = store, reduce, digest
+        self.describe, self.bits, self.scale = describe, bits, scale
+
+    def holds(self, store: Any) -> bool:
+        return (store is self.store and store.all_grads_set()
+                and store.grads is self.reduce.buffer and not guarding("grad"))
 
 
 class _Plan:

@@ -156,16 +156,19 @@ class CompiledKernel:
 
     def scaled(self, data: Any, grad: Any, step: int, scale: float) -> None:
         """``grad *= scale`` (in place), then the update, in one pass over memory."""
-        module = kernels.host_kernels() if self.source is not None else None
-        if module is None or not grad.flags.c_contiguous:
+        run = self._scaled
+        if run is None and self.source is not None:  # (once: the driver is kept)
+            module = kernels.host_kernels()
+            if module is not None:
+                run = self._scaled = module.scaled_loop(self.source, self.size,
+                                                        len(self.flat))
+        if run is None or not grad.flags.c_contiguous:
             scale_in_place(grad, scale)
             self(data, grad, step)
             return
-        if self._scaled is None:
-            self._scaled = module.scaled_loop(self.source, self.size, len(self.flat))
         dtype = data.dtype
-        self._scaled(data.reshape(-1), grad.reshape(-1), *self.flat,
-                     *self.scalars.cast(step, dtype), dtype.type(scale))
+        run(data.reshape(-1), grad.reshape(-1), *self.flat, *self.scalars.cast(step, dtype),
+            dtype.type(scale))
 
 
 def scale_in_place(grad: Any, scale: float) -> None:
