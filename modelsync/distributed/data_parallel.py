@@ -31,7 +31,7 @@ from ..transfers import guarding
 from ..watch import subscribe
 from ..xp import concat_flat
 from . import transport
-from .agree import agree
+from .agree import Repeated
 from .comm import Comm
 from .layout import on_device
 from .ops import gpu_bits, require_comm, run_agreed
@@ -134,8 +134,7 @@ class DataParallel:
         store = self._store
         steady = self._steady
         if fuse and steady is not None and steady.holds(store):
-            agree(comm, REASON, steady.digest, describe=steady.describe,
-                  gpu_groups=steady.bits)
+            steady.agreement()
             steady.reduce()
             return steady.scale
         if store is not None and store.all_grads_set():
@@ -166,9 +165,10 @@ class DataParallel:
                 group.pack(factor)  # (the store's buffer, scaled in place or left as it is)
                 reduce()
                 if fuse and mask is self._all and len(found.groups) == 1:
-                    self._steady = _Steady(store, reduce, found.digest,
-                                           functools.partial(self._describe, mask),
-                                           gpu_bits(comm, found.devices), scale)
+                    agreement = Repeated(comm, REASON, found.digest,
+                                         describe=functools.partial(self._describe, mask),
+                                         gpu_groups=gpu_bits(comm, found.devices))
+                    self._steady = _Steady(store, agreement, reduce, scale)
                 continue
             with on_device(group.device):
                 packed = group.pack(factor)
@@ -221,12 +221,11 @@ class _Steady:
     100 us of MPI; the general path's Python was 10-15 us more.) It holds while the store's
     gradient buffer is the one its Allreduce was made for and no transfer_guard speaks."""
 
-    __slots__ = ("store", "reduce", "digest", "describe", "bits", "scale")
+    __slots__ = ("store", "agreement", "reduce", "scale")
 
-    def __init__(self, store: Any, reduce: transport.HostSum, digest: bytes,
-                 describe: Any, bits: int, scale: float) -> None:
-        self.store, self.reduce, self.digest = store, reduce, digest
-        self.describe, self.bits, self.scale = describe, bits, scale
+    def __init__(self, store: Any, agreement: Repeated, reduce: transport.HostSum,
+                 scale: float) -> None:
+        self.store, self.agreement, self.reduce, self.scale = store, agreement, reduce, scale
 
     def holds(self, store: Any) -> bool:
         return (store is self.store and store.all_grads_set()
