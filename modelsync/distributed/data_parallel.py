@@ -114,9 +114,10 @@ class DataParallel:
 
     def step(self) -> None:
         """Average the gradients over the ranks (`average_gradients`), then step. Where the
-        inner optimizer takes a ``grad_scale`` it is the one to divide the summed gradients by
-        the number of ranks, in the pass over memory its update makes anyway (a pass of its
-        own cost 0.1-0.2x the Allreduce): the gradients it leaves are the mean all the same."""
+        inner optimizer takes a ``grad_scale`` and the gradients are `FUSE_MIN_BYTES` or more,
+        it is the one to divide the summed gradients by the number of ranks, in the pass over
+        memory its update makes anyway (a pass of its own cost 0.1-0.2x the Allreduce): the
+        gradients it leaves are the mean all the same."""
         scale = self._sum_gradients(fuse=self._fusable)
         if scale is None:
             self.optimizer.step()
