@@ -347,6 +347,26 @@ def s_steady(comm):
     out["unchanged"] = digest(model) == before
     out["after"] = raised(opt.step)
     out["digest"] = digest(model)
+    # a store over FUSE_MIN_BYTES: the optimizer divides the sum in its own pass
+    big = D.replicate(layers.Chain(layers.Dense(1024, 2048, seed=3)) if comm.rank == 0
+                      else None, comm)
+    weights = ms.params(big)
+    start = [np.array(p.value) for p in weights]
+    big_inner = optim.SGD(weights, lr=0.5)
+    big_opt = D.DataParallel(big_inner, comm)
+    out["big_bytes"] = sum(p.nbytes for p in weights)
+    for _ in range(2):  # (the second step takes the steady path)
+        big_inner.zero_grad()
+        for p in weights:
+            p.accumulate_grad(np.full(p.shape, 1.0 + comm.rank, np.float32))
+        big_opt.step()
+    mean = sum(1.0 + r for r in range(comm.size)) / comm.size
+    out["big_grads_mean"] = all(bool(np.all(np.asarray(p.grad) == np.float32(mean)))
+                                for p in weights)
+    out["big_values"] = all(
+        bool(np.allclose(np.asarray(p.value), s0 - 2 * 0.5 * np.float32(mean), atol=1e-5))
+        for p, s0 in zip(weights, start, strict=True))
+    out["big_digest"] = digest(big)
     return out
 
 

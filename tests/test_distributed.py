@@ -197,6 +197,16 @@ def test_mismatches_after_agreeing_steps_still_raise_everywhere(job):
     assert last > 0
 
 
+def test_a_large_store_is_divided_by_the_optimizer_and_still_leaves_the_mean(job):
+    from modelsync.distributed.data_parallel import FUSE_MIN_BYTES
+
+    seen = each(job, "steady")
+    assert seen[0]["big_bytes"] >= FUSE_MIN_BYTES  # (the size that takes that path)
+    for r in seen:
+        assert r["big_grads_mean"] and r["big_values"]
+        assert r["big_digest"] == seen[0]["big_digest"]
+
+
 def test_save_writes_once_from_the_root(job):
     seen = each(job, "save")
     root = len(job) - 1
