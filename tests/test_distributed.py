@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from distributed_launch import run_mpi
 
+from modelsync.distributed.board import BOGUS
+
 pytest.importorskip("mpi4py", reason="the distributed tests need the test extra (mpi4py, mpich)")
 
 RANKS = str(Path(__file__).with_name("distributed_ranks.py"))
@@ -38,6 +40,7 @@ def job(request, tmp_path_factory):
                    env=NO_THREADS if polled else None)
     assert done.returncode == 0, f"the job failed:\n{done.stdout}\n{done.stderr}"
     assert [r.get("rank") for r in done.results] == list(range(n)), done.stderr
+    assert BOGUS not in done.stderr  # (Open MPI's, for the arrival board's window)
     assert [r["watched"] for r in done.results] == [not polled] * n  # which path ran
     for rank, result in enumerate(done.results):
         broken = {k: v["crashed"] for k, v in result.items()

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArgumentError, GraphMismatchError
+from .board import ArrivalBoard
 from .comm import Comm, mpi_module
 from .errors import CollectiveError
 
@@ -155,6 +156,8 @@ def _compare(comm: Comm, op: str, digest: bytes, failed: bool, gpu_groups: int
     same = got_seq == seq and got_inverse == seq ^ SEQ_ONES and words[HEAD.size:] == static
     if not same:
         arrivals.forget()
+    elif not arrivals.board_tried:  # (every rank is here, and knows it: see ArrivalBoard)
+        arrivals.make_board()
     return not same, mask
 
 
@@ -215,7 +218,11 @@ class _Arrivals:
         self.heard = np.zeros(max(comm.size, 1), dtype=np.uint64)
         self._out = [self.out, MPI.UINT64_T]
         self._heard = [[self.heard[r:r + 1], MPI.UINT64_T] for r in range(comm.size)]
-        self._others = range(1, comm.size)
+        #: The ranks whose arrival rank 0 hears by message (the others post on the board).
+        self._remote = list(range(1, comm.size))
+        self.board: ArrivalBoard | None = None
+        self.board_tried = False
+        self._post: Callable[[int], None] | None = None
         self.root = comm.rank == COORDINATOR
         self.grace = 0.0 if self.root else 1.0 + 0.05 * comm.timeout
         self.recvs: list[Any] = []
@@ -260,20 +267,50 @@ class _Arrivals:
         """The words hold a disagreement's result, not this rank's record: rewrite them."""
         self._key = None
 
+    def make_board(self) -> None:
+        """Make the `ArrivalBoard`, once, right after the first agreement (every rank makes
+        it there); used only where every rank could make it."""
+        self.board_tried = True
+        comm = self.comm
+        made: list[ArrivalBoard | None] = [None]
+
+        def make() -> None:
+            try:
+                made[0] = ArrivalBoard(comm)
+            except Exception:  # (an MPI without shared windows: messages, as before)
+                made[0] = None
+            everyone = comm.mpi.allreduce(made[0] is not None, op=mpi_module().LAND)
+            if not everyone and made[0] is not None:
+                made[0].close()
+                made[0] = None
+
+        comm.collective(f"making the arrival board after agreement #{comm.seq}",
+                        blocking=make, nonblocking=_never,
+                        missing=lambda _: "a rank stopped right after every rank agreed")
+        board = self.board = made[0]
+        if board is None:
+            return
+        self._remote = [r for r in range(1, comm.size) if r not in board.members]
+        if not self.root and comm.rank in board.members:
+            self._post = board.post
+            self.requests = []
+
     def start(self, seq: int) -> None:
         self.out[0] = seq
-        mpi = self.comm.mpi
         if self.root:
-            heard = self._heard
-            self.recvs = [mpi.Irecv(heard[r], r, TAG_ARRIVAL) for r in self._others]
+            mpi, heard = self.comm.mpi, self._heard
+            self.recvs = [mpi.Irecv(heard[r], r, TAG_ARRIVAL) for r in self._remote]
             self.requests = self.recvs
+        elif self._post is not None:
+            self._post(seq)
         else:
-            self.requests = [mpi.Isend(self._out, COORDINATOR, TAG_ARRIVAL)]
+            self.requests = [self.comm.mpi.Isend(self._out, COORDINATOR, TAG_ARRIVAL)]
 
     def reduce(self) -> None:
         """The agreement's Allreduce, then the arrivals' end (both under the watchdog)."""
         self._allreduce()
-        self._waitall(self.requests)
+        if self.requests:
+            self._waitall(self.requests)
 
     def missing(self, _pending: Any = None) -> str:
         """Who has not arrived: rank 0 knows; any other rank, still waiting after rank 0
@@ -283,8 +320,11 @@ class _Arrivals:
             return (f"rank {COORDINATOR}, which coordinates every agreement, did not arrive "
                     f"within {comm.timeout:g} s (where it is there, it ends the job first, "
                     "naming the ranks it waits for)")
-        came = [r.Get_status() for r in self.recvs]
-        return _missing([r for r, ok in enumerate(came, start=1) if not ok], comm)
+        came = {rank for rank, request in zip(self._remote, self.recvs, strict=True)
+                if request.Get_status()}
+        if self.board is not None:
+            came |= self.board.arrived(int(self.out[0]))
+        return _missing([r for r in range(1, comm.size) if r not in came], comm)
 
 
 def _missing(ranks: list[int], comm: Comm) -> str:
