@@ -6,9 +6,10 @@ Each rank makes a fixed-size record (its count of agreed operations, the operati
 of its arguments and of what it holds, whether it failed locally). Where MPI takes calls from
 several threads (so that a watchdog can guard a blocking call), the records are compared in
 one small blocking collective, an in-place bitwise-AND Allreduce of the record and its
-complement (`_compare`): a few microseconds, about one latency. Beside it, an arrival message
-to rank 0 (completed after the Allreduce and read only by a timeout) is what lets a timeout
-still name the ranks that never arrived. Elsewhere each rank
+complement (`_compare`): a few microseconds, about one latency. Before it each rank says it
+has arrived where only a timeout reads it (`ArrivalBoard`, shared memory, on rank 0's node;
+a message to rank 0 from any other node), so that a timeout still names the ranks that never
+arrived. Elsewhere each rank
 sends its record to rank 0, the coordinator, which answers each rank with one verdict (torch's
 ``monitored_barrier`` does the same). On "not equal" every rank is known to be present, so
 they exchange full descriptions (`Description`, small and only on this error path) and each
@@ -140,8 +141,8 @@ def _compare(comm: Comm, op: str, digest: bytes, failed: bool, gpu_groups: int
     in-place bitwise-AND Allreduce of (record, NOT record, GPU mask). Every rank compares the
     result with what it put in: AND(r) == own and AND(NOT r) == NOT own hold exactly when
     every rank's record is its own, so every rank reaches the same verdict. It runs under the
-    watchdog; beside it, started before it, an arrival message to rank 0 (`_Arrivals`) that
-    only a timeout reads, so that one can still name the ranks that never came."""
+    watchdog; before it, this rank's arrival (`_Arrivals`), which only a timeout reads, so
+    that one can still name the ranks that never came."""
     arrivals = comm.agreement
     if arrivals is None:
         arrivals = comm.agreement = _Arrivals(comm)
@@ -195,12 +196,14 @@ def _never() -> None:  # pragma: no cover (Comm.collective polls only without a 
 
 
 class _Arrivals:
-    """The agreement's buffers for one Comm, and one message per agreement from every rank
-    to rank 0 saying it has arrived. Nothing waits for the messages but the agreement's end
-    (they complete alongside its Allreduce); at a timeout rank 0's watchdog asks which have
-    come. Rank 0 sends nothing back: the others wait a grace longer (`grace`), so that where
-    rank 0 is there it is rank 0 that ends the job, naming the ranks it waits for. (Plain
-    requests: persistent ones made Open MPI's next large Allreduce 30x slower.)
+    """The agreement's buffers for one Comm, and every rank's word to rank 0 that it has
+    arrived: a store in the `ArrivalBoard` on rank 0's node (made after the first agreement),
+    one message per agreement from a rank on any other node. Nothing waits for the messages
+    but the agreement's end (they complete alongside its Allreduce); at a timeout rank 0's
+    watchdog reads the board and asks which messages have come.
+    Rank 0 sends nothing back: the others wait a grace longer (`grace`), so that where rank 0
+    is there it is rank 0 that ends the job, naming the ranks it waits for. (Plain requests:
+    persistent ones made Open MPI's next large Allreduce 30x slower.)
 
     A step of a small model is a few tens of microseconds of MPI, so the words are written
     as little as possible: an agreement that found the ranks equal leaves exactly this rank's
