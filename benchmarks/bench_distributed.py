@@ -15,7 +15,8 @@
   gradients written, then a barrier), so that it finds the caches as the step's does (the
   details also give it on a buffer of its own after nothing but a barrier).
 - The agreement every collective starts with (one 120-byte AND-Allreduce of the ranks'
-  records, beside an 8-byte arrival message to rank 0), per call (20 back to back, as
+  records, after each rank has posted its arrival on the board rank 0 reads at a timeout),
+  per call (20 back to back, as
   training steps make them), over an in-place Allreduce of 4 MiB. Goal ≤ 5 %. The details
   also give what it adds in front of that Allreduce and one call timed alone after a barrier
   (which absorbs the barrier's exit skew, as any first collective after it would).

@@ -66,8 +66,15 @@ def agree(comm: Comm, op: str, digest: bytes, *, describe: Callable[[], Descript
         if error is not None:  # every rank failed alike: each raises its own
             raise error
         return mask
+    _raise_disagreement(comm, op, describe, error)
+
+
+def _raise_disagreement(comm: Comm, op: str, describe: Callable[[], Description],
+                        error: BaseException | None) -> None:
+    """The records differ: every rank is here (the coordinator heard them all), so they
+    exchange descriptions and each raises the same error (or its own failure)."""
     mine = _describe(describe, op, comm.seq, error)
-    everyone = comm.mpi.allgather(mine)  # every rank is here: the coordinator heard them all
+    everyone = comm.mpi.allgather(mine)
     if error is not None:
         raise error
     raise explain(everyone)
@@ -146,20 +153,11 @@ def _compare(comm: Comm, op: str, digest: bytes, failed: bool, gpu_groups: int
     arrivals = comm.agreement
     if arrivals is None:
         arrivals = comm.agreement = _Arrivals(comm)
-    seq = comm.seq
-    static = arrivals.fill(seq, op, digest, failed, gpu_groups)
-    arrivals.start(seq)
-    comm.collective(_label(op).format(seq), blocking=arrivals.reduce,
-                    nonblocking=_never,  # (never called: there is a watchdog)
-                    missing=arrivals.missing, grace=arrivals.grace)
-    words = arrivals.words
-    got_seq, got_inverse, mask = HEAD.unpack_from(words)
-    same = got_seq == seq and got_inverse == seq ^ SEQ_ONES and words[HEAD.size:] == static
-    if not same:
-        arrivals.forget()
-    elif not arrivals.board_tried:  # (every rank is here, and knows it: see ArrivalBoard)
+    arrivals.fill(op, digest, failed, gpu_groups)
+    differ, mask = arrivals.again(comm.seq, gpu_groups & 0xFF, _label(op).format(comm.seq))
+    if not differ and not arrivals.board_tried:  # (every rank is here, and knows it)
         arrivals.make_board()
-    return not same, mask
+    return differ, mask
 
 
 class Repeated:
@@ -185,10 +183,8 @@ class Repeated:
             agree(comm, self.op, self.digest, describe=self.describe, gpu_groups=self.bits)
             return
         seq = comm.seq = comm.seq + 1
-        if not arrivals.again(seq, self.bits, self.label.format(seq)):
-            arrivals.forget()
-            mine = _describe(self.describe, self.op, seq, None)
-            raise explain(comm.mpi.allgather(mine))
+        if arrivals.again(seq, self.bits, self.label.format(seq))[0]:
+            _raise_disagreement(comm, self.op, self.describe, None)
 
 
 def _never() -> None:  # pragma: no cover (Comm.collective polls only without a watchdog)
@@ -234,37 +230,39 @@ class _Arrivals:
         self._allreduce = functools.partial(comm.mpi.Allreduce, MPI.IN_PLACE,
                                             [self.words, MPI.UINT64_T], MPI.BAND)
 
-    def fill(self, seq: int, op: str, digest: bytes, failed: bool, gpu_groups: int) -> bytes:
-        """Write this rank's words for agreement ``seq``; return the part after `HEAD`
-        (what an agreement of equal records gives back there)."""
+    def fill(self, op: str, digest: bytes, failed: bool, gpu_groups: int) -> None:
+        """Write this rank's record after `HEAD` (what an agreement of equal records gives
+        back there), unless the words hold it already; `again` writes the head."""
         key = (op, digest, failed, gpu_groups & 0xFF)
-        words = self.words
         if key != self._key:
             record = STATIC.pack(_op_code(op), digest, failed)
             inverse = (int.from_bytes(record, "little") ^ ALL_ONES).to_bytes(STATIC.size,
                                                                              "little")
             self._static = record + inverse
-            words[HEAD.size:] = self._static
+            self.words[HEAD.size:] = self._static
             self._key = key
-        HEAD.pack_into(words, 0, seq, seq ^ SEQ_ONES, gpu_groups & 0xFF)
-        return self._static
 
     @property
     def key(self) -> tuple[str, bytes, bool, int] | None:
         """(operation, digest, failed, GPU groups) of the record the words hold."""
         return self._key
 
-    def again(self, seq: int, bits: int, label: str) -> bool:
-        """Agreement ``seq`` of the record the words already hold (`Repeated`): write its
-        number, exchange as `_compare` does; whether every rank's record was this one."""
+    def again(self, seq: int, bits: int, label: str) -> tuple[bool, int]:
+        """Agreement ``seq`` of the record the words hold (`fill`): write its number and GPU
+        mask, post this rank's arrival, reduce under the watchdog. Whether the records
+        differ (the words are then forgotten), and the GPU groups every rank holds."""
         words = self.words
         HEAD.pack_into(words, 0, seq, seq ^ SEQ_ONES, bits)
         self.start(seq)
-        self.comm.collective(label, blocking=self.reduce, nonblocking=_never,
+        self.comm.collective(label, blocking=self.reduce,
+                             nonblocking=_never,  # (never called: there is a watchdog)
                              missing=self.missing, grace=self.grace)
-        got_seq, got_inverse, _ = HEAD.unpack_from(words)
-        return got_seq == seq and got_inverse == seq ^ SEQ_ONES and \
-            words[HEAD.size:] == self._static
+        got_seq, got_inverse, mask = HEAD.unpack_from(words)
+        same = (got_seq == seq and got_inverse == seq ^ SEQ_ONES
+                and words[HEAD.size:] == self._static)
+        if not same:
+            self.forget()
+        return not same, mask
 
     def forget(self) -> None:
         """The words hold a disagreement's result, not this rank's record: rewrite them."""

@@ -3,7 +3,7 @@ in memory that node shares (an MPI shared window). A rank writes its slot before
 agreement's Allreduce, a store of eight bytes; rank 0 reads the board only when a timeout has
 to name the ranks that never came. It replaces, for those ranks, the arrival message each
 agreement used to send (in a step of a small model that message pair cost 9-14 us; a store
-costs nothing), so ranks on other nodes still send it (`remote`).
+costs nothing); ranks on other nodes still send it (`agree._Arrivals`).
 """
 
 from __future__ import annotations

@@ -144,8 +144,7 @@ class DataParallel:
         if steady is not None and steady.holds(store):
             steady.agreement()
             left = fuse and steady.fusable
-            if not left:
-                np.multiply(store.grads, steady.scale, out=store.grads)
+            steady.group.pack(1.0 if left else steady.scale)  # (in place)
             steady.reduce()
             return steady.scale if left else None
         if store is not None and store.all_grads_set():
@@ -179,7 +178,8 @@ class DataParallel:
                     agreement = Repeated(comm, REASON, found.digest,
                                          describe=functools.partial(self._describe, mask),
                                          gpu_groups=gpu_bits(comm, found.devices))
-                    self._steady = _Steady(store, agreement, reduce, scale, found.fusable)
+                    self._steady = _Steady(store, agreement, group, reduce, scale,
+                                           found.fusable)
                 continue
             with on_device(group.device):
                 packed = group.pack(factor)
@@ -232,11 +232,12 @@ class _Steady:
     100 us of MPI; the general path's Python was 10-15 us more.) It holds while the store's
     gradient buffer is the one its Allreduce was made for and no transfer_guard speaks."""
 
-    __slots__ = ("store", "agreement", "reduce", "scale", "fusable")
+    __slots__ = ("store", "agreement", "group", "reduce", "scale", "fusable")
 
-    def __init__(self, store: Any, agreement: Repeated, reduce: transport.HostSum,
-                 scale: float, fusable: bool) -> None:
-        self.store, self.agreement, self.reduce, self.scale = store, agreement, reduce, scale
+    def __init__(self, store: Any, agreement: Repeated, group: _GradGroup,
+                 reduce: transport.HostSum, scale: float, fusable: bool) -> None:
+        self.store, self.agreement, self.group = store, agreement, group
+        self.reduce, self.scale = reduce, scale
         self.fusable = fusable  # (as `_Plan.fusable`)
 
     def holds(self, store: Any) -> bool:
